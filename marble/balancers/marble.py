@@ -1,0 +1,159 @@
+"""MARBLE: per-reward gradients harmonized by a min-norm QP over the simplex.
+
+ALGORITHM.md 2.2 (Eqs. 4-8, 12) for the refresh step, 2.3 (Proposition 1) for the amortized
+steps in between.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from marble.balancers.base import Balancer
+
+
+def _cosines(grads: torch.Tensor, direction: torch.Tensor, norms: torch.Tensor) -> list[float]:
+    dn = float(direction.norm())
+    out = []
+    for k in range(grads.shape[0]):
+        if norms[k] <= 0 or dn <= 0:
+            out.append(float("nan"))
+        else:
+            out.append(float(grads[k] @ direction) / (float(norms[k]) * dn))
+    return out
+
+
+class Marble(Balancer):
+    """Refresh every ``refresh_every`` optimizer steps with K backward passes; one pass between."""
+
+    def __init__(self, args):
+        super().__init__(args)
+        self.refresh_every = int(getattr(args, "refresh_every", 1))
+        self.rho = float(args.rho)
+        if not 0.0 <= self.rho < 1.0:
+            from marble.errors import ConfigError
+
+            raise ConfigError(f"bad value {self.rho!r}: rho must be in [0, 1)", key="balancer.args.rho")
+        if self.refresh_every < 1:
+            from marble.errors import ConfigError
+
+            raise ConfigError(f"bad value {self.refresh_every!r}: must be >= 1", key="balancer.args.refresh_every")
+        self._qp = None
+        self.alpha_bar: list[float] = []
+        self.norms: list[float] = []  # ||g_k|| cached at the last refresh
+        self.mean_norm: float = 0.0
+        self.refreshes = 0
+        self.conflicts = {"marble": 0, "weighted_sum": 0}
+
+    def setup(self, reward_names, reward_weights) -> None:
+        super().setup(reward_names, reward_weights)
+        self.alpha_bar = [1.0 / self.k] * self.k  # Eq. 12: abar initialised uniform
+        self.norms = [0.0] * self.k
+
+    # -------------------------------------------------------------- schedule
+    def wants_gradients(self, step: int) -> bool:
+        return step % self.refresh_every == 0 or not any(n > 0 for n in self.norms)
+
+    def _applied_alpha(self, step: int) -> list[float]:
+        after = getattr(self.args, "uniform_after", None)
+        if after is not None and step >= after:
+            return [1.0 / self.k] * self.k
+        return self.alpha_bar
+
+    def mix_weights(self, step: int) -> list[float]:
+        """ALGORITHM.md 2.3: the QP ran on normalized gradients, so the weights that reproduce
+        s * sum_k abar_k u_k with raw per-reward losses are w_k = abar_k * s / ||g_k||."""
+        alpha = self._applied_alpha(step)
+        return [a * self.mean_norm / n if n > 0 else 0.0 for a, n in zip(alpha, self.norms)]
+
+    # -------------------------------------------------------------- refresh
+    def _solve(self, gram):
+        from marble.qp import SimplexQP
+
+        k = gram.shape[0]
+        if self._qp is None or self._qp_k != k:
+            self._qp = SimplexQP(k, solver=getattr(self.args, "solver", None))
+            self._qp_k = k
+        return self._qp.solve(gram)
+
+    def combine(self, grads: torch.Tensor, step: int):
+        from marble.qp import gram_of
+
+        g = grads.detach().to(torch.float64)
+        norms_t, gram = gram_of(g)  # Eq. 5: Gram of u_k = g_k / ||g_k||
+        norms = [float(x) for x in norms_t]
+        active = [i for i, n in enumerate(norms) if n > 0 and math.isfinite(n)]
+        alpha = [0.0] * self.k
+        if active:
+            sub = gram[active][:, active]
+            a = self._solve(sub)  # Eq. 6: min ||sum a_k u_k||^2 over the simplex
+            for j, i in enumerate(active):
+                alpha[i] = float(a[j])
+            s = sum(norms[i] for i in active) / len(active)
+        else:  # every reward constant over the batch: nothing to follow
+            alpha = [1.0 / self.k] * self.k
+            s = 0.0
+        # Eq. 12: EMA of the coefficients (over the rewards that had a gradient).
+        self.alpha_bar = [self.rho * b + (1 - self.rho) * a for b, a in zip(self.alpha_bar, alpha)]
+        self.norms, self.mean_norm = norms, s
+        applied = self._refresh_alpha(alpha, step)
+        # Eq. 7: d = (sum_k alpha_k u_k) * mean_k ||g_k||.
+        u = torch.zeros_like(g)
+        for i in active:
+            u[i] = g[i] / norms[i]
+        coef = torch.tensor(applied, dtype=torch.float64)
+        direction = (coef @ u) * s if active else torch.zeros(g.shape[1], dtype=torch.float64)
+        diag = self._diagnostics(g, norms_t, direction, alpha)
+        return direction.to(grads.dtype), diag
+
+    def _refresh_alpha(self, alpha, step):
+        """The refresh step applies the fresh alpha* (ALGORITHM.md 2.4)."""
+        after = getattr(self.args, "uniform_after", None)
+        if after is not None and step >= after:
+            return [1.0 / self.k] * self.k
+        return alpha
+
+    def _diagnostics(self, g, norms_t, direction, alpha) -> dict:
+        self.refreshes += 1
+        d_ws = g.mean(dim=0)  # the weighted-sum direction of the same per-reward gradients
+        cos_m = _cosines(g, direction, norms_t)
+        cos_w = _cosines(g, d_ws, norms_t)
+        out: dict = {}
+        for kind, cos in (("marble", cos_m), ("weighted_sum", cos_w)):
+            finite = [c for c in cos if math.isfinite(c)]
+            mn = min(finite) if finite else float("nan")
+            if finite and mn < 0:
+                self.conflicts[kind] += 1
+            out[f"cos/{kind}/min"] = mn
+            out[f"conflict_rate/{kind}"] = self.conflicts[kind] / self.refreshes
+            for name, c in zip(self.names, cos):
+                out[f"cos/{kind}/{name}"] = c
+        for name, a, b, n in zip(self.names, alpha, self.alpha_bar, norms_t):
+            out[f"alpha/{name}"] = a
+            out[f"alpha_bar/{name}"] = b
+            out[f"grad_norm/{name}"] = float(n)
+        return out
+
+    # -------------------------------------------------------------- state
+    def state_dict(self) -> dict:
+        return {"alpha_bar": list(self.alpha_bar), "norms": list(self.norms), "mean_norm": self.mean_norm,
+                "refreshes": self.refreshes, "conflicts": dict(self.conflicts)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.alpha_bar = [float(x) for x in state["alpha_bar"]]
+        self.norms = [float(x) for x in state["norms"]]
+        self.mean_norm = float(state["mean_norm"])
+        self.refreshes = int(state["refreshes"])
+        self.conflicts = dict(state["conflicts"])
+
+
+class MarbleFull(Marble):
+    """Full refresh (K backward passes + QP) at every optimizer step; no amortization."""
+
+    def __init__(self, args):
+        super().__init__(args)
+        self.refresh_every = 1
+
+    def _refresh_alpha(self, alpha, step):
+        return self.alpha_bar if getattr(self.args, "use_ema", False) else alpha

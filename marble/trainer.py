@@ -1,0 +1,501 @@
+"""The training loop: DiffusionNFT online RL with per-reward advantages and a balancer.
+
+One iteration, top to bottom (ALGORITHM.md section 1):
+
+1. draw P prompts, repeat each G times (a group per prompt);
+2. roll out with the *old* adapter (deterministic flow ODE) and score every image with every
+   reward (per-sample score + mask), chunk by chunk;
+3. one advantage normalizer per reward (Eq. 3) -> optimality probabilities r_k (1.4);
+4. for each optimizer step (a chunk of the samples): T timesteps x micro-batches of the NFT loss
+   (Eq. 2) - one backward of the balancer's mix (amortized, Proposition 1), or K per-reward
+   backward passes when the balancer refreshes (Eqs. 4-8) - then grad clip and AdamW;
+5. soft-update the old adapter (1.8); log diagnostics (section 3); checkpoint; evaluate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from marble.advantages import AdvantageNormalizer
+from marble.checkpoint import atomic_write_text, latest_checkpoint, list_checkpoints, write_checkpoint
+from marble.config import RunConfig, to_yaml, validate_components
+from marble.errors import MarbleError, RewardError
+from marble.host import get_host
+from marble.nft import kl_loss, nft_branch_losses, optimality_probability
+from marble.prompts import PromptSampler, load_sources
+
+
+@dataclass
+class TrainBatch:
+    """The training data of one optimizer step (ALGORITHM.md 1.5)."""
+
+    latents: torch.Tensor  # x0 [N, ...]
+    cond: dict  # batch-first tensors [N, ...]
+    r: torch.Tensor  # optimality probabilities [N, K] (float64)
+    valid: torch.Tensor  # [N, K] bool: reward k applies to sample i
+    t_index: torch.Tensor  # [N, T] indices into ``timesteps``
+    timesteps: torch.Tensor  # the sampler's times [S]
+    noise_seed: int  # fresh eps per (timestep, micro-batch), drawn from this seed
+
+
+def _select(cond: dict, idx) -> dict:
+    return {k: v[idx] for k, v in cond.items()}
+
+
+def flat(tensors: list[torch.Tensor | None], like: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([(t if t is not None else torch.zeros_like(p)).reshape(-1) for t, p in zip(tensors, like)])
+
+
+def old_update_eta(step: int, rate: float, maximum: float, delay: int = 0) -> float:
+    """ALGORITHM.md 1.8: eta = min(rate * (step - delay), max), 0 before ``delay``."""
+    return min(rate * max(step - delay, 0), maximum)
+
+
+class Trainer:
+    """Build with a validated ``RunConfig``; ``train()`` runs the loop.
+
+    ``backbone`` and ``rewards`` may be passed in (tests, notebooks); otherwise they are built
+    from the config through the plugin host."""
+
+    def __init__(self, cfg: RunConfig, *, backbone=None, rewards: list | None = None, eval_rewards: list | None = None):
+        self.cfg = cfg
+        t = cfg.train
+        host = get_host()
+        args = validate_components(cfg, host)
+        self.components = self._component_versions(host)
+        torch.manual_seed(t.seed)
+        if backbone is None:
+            backbone = host.get("backbone", cfg.backbone.name).spec.build(args["backbone"])
+        self.backbone = backbone
+        self.device = backbone.device
+        self.reward_names = [r.name for r in cfg.rewards]
+        self.reward_weights = [float(r.weight) for r in cfg.rewards]
+        if rewards is None:
+            rewards = [host.get("reward", r.name).spec.build(a) for r, a in zip(cfg.rewards, args["rewards"])]
+        if eval_rewards is None:
+            eval_rewards = [host.get("reward", r.name).spec.build(a) for r, a in zip(cfg.eval_rewards, args["eval_rewards"])]
+        self.rewards, self.eval_rewards = rewards, eval_rewards
+        self.eval_names = [r.name for r in cfg.eval_rewards]
+        comp = host.get("balancer", cfg.balancer.name)
+        self.balancer = comp.spec.build(args["balancer"])
+        self.balancer.setup(self.reward_names, self.reward_weights)
+        # Eq. 3: one normalizer per reward, or one for the raw weighted sum (ALGORITHM.md 2.1).
+        norm_names = ["weighted_sum"] if self.balancer.raw_mix else self.reward_names
+        self.normalizers = {n: AdvantageNormalizer(std=t.adv_std) for n in norm_names}
+        self.params = list(backbone.trainable_parameters())
+        if not self.params:
+            raise MarbleError(f"backbone '{cfg.backbone.name}' has no trainable parameters")
+        self.optimizer = torch.optim.AdamW(self.params, lr=t.lr, weight_decay=t.weight_decay,
+                                           betas=tuple(t.adam_betas), eps=t.adam_eps)
+        self.sources = load_sources(cfg.prompts, "prompts")
+        self.sampler = PromptSampler(self.sources, t.seed)
+        eval_sources = load_sources(cfg.eval_prompts, "eval_prompts") if cfg.eval_prompts else self.sources
+        self.eval_prompts = PromptSampler(eval_sources, t.seed).fixed(t.eval_prompts_count)
+        self.step = 0
+        self.iteration = 0
+        self.run_dir = cfg.output_dir
+        self._writer = None
+
+    # ------------------------------------------------------------------ run folder
+    def _component_versions(self, host) -> list[dict]:
+        used = [("backbone", self.cfg.backbone.name), ("balancer", self.cfg.balancer.name)]
+        used += [("reward", r.name) for r in self.cfg.rewards + self.cfg.eval_rewards]
+        out = []
+        for kind, name in used:
+            c = host.get(kind, name)
+            out.append({"kind": kind, "name": name, "plugin": c.plugin.name,
+                        "distribution": c.plugin.distribution, "version": c.plugin.version})
+        return out
+
+    def _prepare_run_dir(self) -> int:
+        cfg = self.cfg
+        if cfg.resume:
+            self.run_dir = cfg.resume
+            start = self._load(latest_checkpoint(cfg.resume))
+        else:
+            if list_checkpoints(self.run_dir):
+                raise MarbleError(
+                    f"output_dir {self.run_dir} already holds a run with checkpoints; resume it with "
+                    f"resume={self.run_dir}, or choose another output_dir")
+            os.makedirs(self.run_dir, exist_ok=True)
+            start = 0
+        atomic_write_text(os.path.join(self.run_dir, "config.yaml"), to_yaml(cfg))
+        import marble
+
+        atomic_write_text(os.path.join(self.run_dir, "plugins.json"), json.dumps({
+            "marble-rl": marble.__version__, "torch": torch.__version__, "python": platform.python_version(),
+            "backbone_versions": self.backbone.versions(), "components": self.components}, indent=2))
+        self._trim_metrics(start)
+        return start
+
+    def _trim_metrics(self, start: int) -> None:
+        """On resume, drop metric lines of iterations that will be redone."""
+        path = os.path.join(self.run_dir, "metrics.jsonl")
+        if not os.path.exists(path):
+            return
+        with open(path, encoding="utf-8") as f:
+            keep = [ln for ln in f if ln.strip() and json.loads(ln).get("iteration", 0) <= start]
+        atomic_write_text(path, "".join(keep))
+
+    def _log(self, metrics: dict) -> None:
+        with open(os.path.join(self.run_dir, "metrics.jsonl"), "a", encoding="utf-8") as f:
+            f.write(json.dumps(metrics) + "\n")
+        if self.cfg.train.tensorboard:
+            if self._writer is None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(os.path.join(self.run_dir, "tb"))
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)) and k != "iteration" and math.isfinite(v):
+                    self._writer.add_scalar(k, v, metrics["iteration"])
+
+    # ------------------------------------------------------------------ checkpoints
+    def _save(self, iteration: int) -> str:
+        def fill(tmp: str) -> None:
+            self.backbone.save_lora(os.path.join(tmp, "lora"))
+            torch.save({
+                "iteration": iteration, "step": self.step,
+                "trained": self.backbone.adapter_state("trained"), "old": self.backbone.adapter_state("old"),
+                "optimizer": self.optimizer.state_dict(), "balancer": self.balancer.state_dict(),
+                "normalizers": {k: v.state_dict() for k, v in self.normalizers.items()},
+                "torch_rng": torch.get_rng_state(),
+            }, os.path.join(tmp, "state.pt"))
+
+        return write_checkpoint(self.run_dir, iteration, fill)
+
+    def _load(self, path: str) -> int:
+        state = torch.load(os.path.join(path, "state.pt"), map_location="cpu", weights_only=False)
+        self.backbone.load_adapter_state("trained", state["trained"])
+        self.backbone.load_adapter_state("old", state["old"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.balancer.load_state_dict(state["balancer"])
+        for k, v in state["normalizers"].items():
+            if k in self.normalizers:
+                self.normalizers[k].load_state_dict(v)
+        torch.set_rng_state(state["torch_rng"])
+        self.step = int(state["step"])
+        return int(state["iteration"])
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> dict:
+        t = self.cfg.train
+        start = self._prepare_run_dir()
+        from tqdm.auto import tqdm
+
+        last: dict = {}
+        if start == 0 and self._eval_enabled():
+            self._log(self.evaluate(0))
+        bar = tqdm(range(start, t.iterations), initial=start, total=t.iterations, desc="marble",
+                   disable=not t.progress, dynamic_ncols=True)
+        for it in bar:
+            self.iteration = it
+            last = self.train_iteration(it)
+            done = it + 1
+            if self._eval_enabled() and (done == t.iterations or (t.eval_every and done % t.eval_every == 0)):
+                last.update(self.evaluate(done))
+            self._log(last)
+            bar.set_postfix_str(self._postfix(last))
+            if done == t.iterations or (t.save_every and done % t.save_every == 0):
+                self._save(done)
+        self._export_lora()
+        if self._writer is not None:
+            self._writer.close()
+        return last
+
+    def _eval_enabled(self) -> bool:
+        return bool(self.cfg.eval_prompts or self.cfg.eval_rewards or self.cfg.train.eval_every)
+
+    def _postfix(self, m: dict) -> str:
+        parts = []
+        for n in self.reward_names:
+            s = f"{n}={m.get(f'reward/{n}/mean', float('nan')):.3g}"
+            if f"alpha_bar/{n}" in m:
+                s += f"(a={m[f'alpha_bar/{n}']:.2f})"
+            parts.append(s)
+        return " ".join(parts)
+
+    def _export_lora(self) -> None:
+        final = os.path.join(self.run_dir, "lora")
+        tmp = final + f".tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.backbone.save_lora(tmp)
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+
+    def active_rewards(self, it: int) -> list[bool]:
+        """The multi-stage schedule: the last stage whose ``start`` <= it decides."""
+        stages = sorted(self.cfg.train.stages, key=lambda s: s.start)
+        current = None
+        for st in stages:
+            if st.start <= it:
+                current = st
+        if current is None:
+            return [True] * len(self.reward_names)
+        return [n in current.rewards for n in self.reward_names]
+
+    # ------------------------------------------------------------------ 1-3: rollout and scoring
+    def _score(self, reward, name: str, images, prompts, metas) -> tuple[torch.Tensor, torch.Tensor]:
+        n = images.shape[0]
+        out = reward.score(images, prompts, metas)
+        scores = torch.as_tensor(getattr(out, "scores", None)).detach().to("cpu", torch.float64).reshape(-1)
+        if scores.numel() != n:
+            raise RewardError(f"reward '{name}' returned {scores.numel()} scores for {n} images")
+        mask = getattr(out, "mask", None)
+        mask = torch.ones(n, dtype=torch.bool) if mask is None else torch.as_tensor(mask).to("cpu").bool().reshape(-1)
+        if mask.numel() != n:
+            raise RewardError(f"reward '{name}' returned a mask of {mask.numel()} entries for {n} images")
+        bad = (~torch.isfinite(scores)) & mask
+        if bad.any():
+            i = int(bad.nonzero()[0])
+            raise RewardError(f"reward '{name}' returned a non-finite score ({float(scores[i])}) for sample {i} "
+                              f"(prompt {prompts[i]!r})")
+        return scores, mask
+
+    def rollout(self, it: int):
+        t = self.cfg.train
+        prompts = self.sampler.draw(t.prompts_per_iteration, it)
+        texts = [p.text for p in prompts]
+        cond_p = self.backbone.encode_prompts(texts)
+        G = t.group_size
+        index = torch.arange(len(prompts)).repeat_interleave(G)
+        cond = {k: v.repeat_interleave(G, dim=0) for k, v in cond_p.items()}
+        all_texts = [texts[i] for i in index.tolist()]
+        metas = [dict(prompts[i].metadata) for i in index.tolist()]
+        gen = torch.Generator().manual_seed(t.seed * 7919 + it)
+        latents, timesteps = [], None
+        K = len(self.rewards)
+        scores = torch.zeros(len(index), K, dtype=torch.float64)
+        masks = torch.zeros(len(index), K, dtype=torch.bool)
+        for lo in range(0, len(index), t.micro_batch):
+            sl = slice(lo, lo + t.micro_batch)
+            ro = self.backbone.sample(_select(cond, sl), num_steps=t.num_steps, generator=gen, adapter="old",
+                                      guidance_scale=t.guidance_scale, sampler=t.sampler)
+            latents.append(ro.latents)
+            timesteps = ro.timesteps
+            for k, (reward, name) in enumerate(zip(self.rewards, self.reward_names)):
+                s, m = self._score(reward, name, ro.images, all_texts[sl], metas[sl])
+                scores[sl, k], masks[sl, k] = s, m
+        # A source's reward list and the stage schedule mask rewards out, on top of their own masks.
+        for k, name in enumerate(self.reward_names):
+            for i, pi in enumerate(index.tolist()):
+                allowed = self.sources[prompts[pi].source].rewards
+                if allowed is not None and name not in allowed:
+                    masks[i, k] = False
+        active = self.active_rewards(it)
+        masks[:, [k for k, a in enumerate(active) if not a]] = False
+        return torch.cat(latents), cond, timesteps.to(self.device), index, scores, masks
+
+    def advantages(self, scores, masks, groups) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Eq. 3 per reward (or once for the raw weighted sum), then r = 1/2 + clip(A)/(2 A_max)."""
+        t = self.cfg.train
+        stats: dict = {}
+        if self.balancer.raw_mix:
+            w = torch.tensor(self.reward_weights, dtype=torch.float64)
+            mixed = (scores * masks * w).sum(1)  # ALGORITHM.md 2.1: mix raw, before normalization
+            valid = masks.any(1, keepdim=True)
+            adv = self.normalizers["weighted_sum"](mixed, groups, valid[:, 0]).unsqueeze(1)
+            stats["reward/weighted_sum/adv_std"] = float(adv[valid].std()) if valid.sum() > 1 else 0.0
+        else:
+            valid = masks
+            adv = torch.stack([self.normalizers[n](scores[:, k], groups, masks[:, k])
+                               for k, n in enumerate(self.reward_names)], 1)
+            for k, n in enumerate(self.reward_names):
+                a = adv[masks[:, k], k]
+                stats[f"reward/{n}/adv_std"] = float(a.std()) if a.numel() > 1 else 0.0
+        r = optimality_probability(adv.to(torch.float64), t.a_max)
+        return r, valid, stats
+
+    # ------------------------------------------------------------------ 4: gradients
+    def gradients(self, batch: TrainBatch, weights: list[float] | None):
+        """The NFT gradients of one optimizer step, accumulated over T timesteps x micro-batches.
+
+        ``weights`` given: ONE backward of sum_k w_k loss_k per micro-batch (Proposition 1);
+        returns (flat gradient [D], flat KL gradient or None, logs).
+        ``weights`` None: K backward passes; returns ([K, D] per-reward gradients, KL gradient, logs).
+        loss_k = mean over reward k's valid samples and the T timesteps of l(r_k) (Eq. 2); a
+        masked-out sample contributes to no reward's term."""
+        t = self.cfg.train
+        N, K = batch.r.shape
+        T = batch.t_index.shape[1]
+        dtype = self.params[0].dtype
+        counts = batch.valid.sum(0).to(torch.float64)  # n_k
+        scale = t.a_max / t.beta  # DiffusionNFT's A_max / beta
+        # Per-sample, per-reward coefficients of the two branches: m_ik r_ik / (n_k T), m_ik (1 - r_ik) / (n_k T).
+        inv = torch.where(counts > 0, 1.0 / (counts.clamp(min=1) * T), torch.zeros_like(counts))
+        c_pos = batch.valid * batch.r * inv
+        c_neg = batch.valid * (1 - batch.r) * inv
+        if weights is not None:
+            w = torch.tensor(weights, dtype=torch.float64)
+            c_pos, c_neg = c_pos @ w, c_neg @ w  # [N]: the amortized mix (exact, Proposition 1)
+            grad = torch.zeros(sum(p.numel() for p in self.params), dtype=dtype, device=self.device)
+            for p in self.params:
+                p.grad = None
+        else:
+            grad = torch.zeros(K, sum(p.numel() for p in self.params), dtype=dtype, device=self.device)
+        kl_grad = None
+        logs = {"loss": torch.zeros(K, dtype=torch.float64), "kl": 0.0}
+        gen = torch.Generator().manual_seed(batch.noise_seed)
+        mb = t.micro_batch
+        for j in range(T):
+            for lo in range(0, N, mb):
+                idx = torch.arange(lo, min(lo + mb, N))
+                x0 = batch.latents[idx]
+                eps = torch.randn(x0.shape, generator=gen, dtype=torch.float32).to(x0.device, x0.dtype)
+                tt = batch.timesteps[batch.t_index[idx, j]].to(x0.dtype)
+                tb = tt.view(-1, *([1] * (x0.dim() - 1)))
+                x_t = (1 - tb) * x0 + tb * eps  # ALGORITHM.md 1.5
+                cond = _select(batch.cond, idx.to(next(iter(batch.cond.values())).device))
+                with torch.no_grad():
+                    v_old = self.backbone.velocity(x_t, tt, cond, adapter="old")
+                    v_ref = self.backbone.velocity(x_t, tt, cond, adapter="reference") if t.kl_coef > 0 else None
+                v = self.backbone.velocity(x_t, tt, cond, adapter="trained")
+                l_pos, l_neg = nft_branch_losses(v, v_old, x_t, x0, tt, t.beta)  # Eq. 2, per sample
+                lp, ln = l_pos.to(torch.float64), l_neg.to(torch.float64)
+                cp_mb, cn_mb = batch.valid[idx] * batch.r[idx], batch.valid[idx] * (1 - batch.r[idx])
+                logs["loss"] += scale * ((cp_mb * lp.detach()[:, None] + cn_mb * ln.detach()[:, None]).sum(0)) * inv
+                kl = None
+                if v_ref is not None:
+                    kl = kl_loss(v, v_ref).to(torch.float64).sum() / (N * T)  # outside any balancing
+                    logs["kl"] += float(kl.detach())
+                dev = lp.device
+                if weights is not None:
+                    loss = scale * (c_pos[idx].to(dev) @ lp + c_neg[idx].to(dev) @ ln)
+                    if kl is not None:
+                        loss = loss + t.kl_coef * kl
+                    loss.backward()
+                else:
+                    for k in range(K):
+                        if counts[k] == 0:
+                            continue
+                        loss_k = scale * (c_pos[idx, k].to(dev) @ lp + c_neg[idx, k].to(dev) @ ln)
+                        g = torch.autograd.grad(loss_k, self.params, retain_graph=True, allow_unused=True)
+                        grad[k] += flat(list(g), self.params)
+                    if kl is not None:
+                        g = torch.autograd.grad(t.kl_coef * kl, self.params, allow_unused=True)
+                        kl_grad = flat(list(g), self.params) if kl_grad is None else kl_grad + flat(list(g), self.params)
+        if weights is not None:
+            grad = flat([p.grad for p in self.params], self.params)
+        return grad, kl_grad, logs
+
+    def _set_grad(self, direction: torch.Tensor) -> None:
+        off = 0
+        for p in self.params:
+            n = p.numel()
+            p.grad = direction[off:off + n].view_as(p).to(p.dtype).clone()
+            off += n
+
+    def optimizer_step(self, batch: TrainBatch) -> dict:
+        """Gradients (amortized or per-reward), balance, clip, AdamW."""
+        t = self.cfg.train
+        logs: dict = {}
+        if self.balancer.wants_gradients(self.step):
+            grads, kl_grad, lg = self.gradients(batch, None)
+            direction, diag = self.balancer.combine(grads, self.step)  # Eqs. 4-8
+            if kl_grad is not None:
+                direction = direction + kl_grad  # Eq. 8: KL outside the balancing
+            self._set_grad(direction)
+            logs.update(diag)
+            logs["refresh"] = 1
+        else:
+            _, _, lg = self.gradients(batch, self.balancer.mix_weights(self.step))
+        logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, t.max_grad_norm))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        logs["_loss"], logs["kl"] = lg["loss"], lg["kl"]
+        return logs
+
+    def train_iteration(self, it: int) -> dict:
+        t = self.cfg.train
+        t0 = time.perf_counter()
+        latents, cond, timesteps, groups, scores, masks = self.rollout(it)
+        t1 = time.perf_counter()
+        metrics: dict = {"iteration": it + 1}
+        for k, n in enumerate(self.reward_names):
+            m = masks[:, k]
+            metrics[f"reward/{n}/mean"] = float(scores[m, k].mean()) if m.any() else float("nan")
+            metrics[f"reward/{n}/masked_frac"] = float(1 - m.double().mean())
+        r, valid, stats = self.advantages(scores, masks, groups)
+        metrics.update(stats)
+        # ALGORITHM.md 1.5: per sample, T of the sampler's own timesteps, shuffled.
+        N = latents.shape[0]
+        S = timesteps.shape[0]
+        T = t.timesteps_per_sample or S
+        gen = torch.Generator().manual_seed(t.seed * 104729 + it)
+        t_index = torch.stack([torch.randperm(S, generator=gen)[:T] for _ in range(N)])
+        order = torch.randperm(N, generator=gen)
+        chunks = order.chunk(t.optimizer_steps)
+        losses = torch.zeros(r.shape[1], dtype=torch.float64)
+        kl = 0.0
+        for c, idx in enumerate(chunks):
+            dev_idx = idx.to(latents.device)
+            batch = TrainBatch(latents[dev_idx], _select(cond, idx.to(next(iter(cond.values())).device)),
+                               r[idx], valid[idx], t_index[idx], timesteps,
+                               noise_seed=(t.seed * 1_000_003 + it) * 131 + c)
+            logs = self.optimizer_step(batch)
+            losses += logs.pop("_loss")
+            kl += logs.pop("kl")
+            metrics.update(logs)
+        # ALGORITHM.md 1.8: old-policy soft update after the optimizer steps.
+        eta = old_update_eta(self.step, t.old_update.rate, t.old_update.max, t.old_update.delay)
+        self.backbone.soft_update_old(eta)
+        loss_names = ["weighted_sum"] if self.balancer.raw_mix else self.reward_names
+        for n, v in zip(loss_names, losses.tolist()):
+            metrics[f"loss/{n}"] = v / len(chunks)
+        metrics["kl"] = kl / len(chunks)
+        metrics["old_eta"] = eta
+        metrics["step"] = self.step
+        if hasattr(self.balancer, "alpha_bar"):
+            for n, a in zip(self.reward_names, self.balancer.alpha_bar):
+                metrics[f"alpha_bar/{n}"] = a
+        metrics["time/rollout"] = t1 - t0
+        metrics["time/train"] = time.perf_counter() - t1
+        return metrics
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self, iteration: int) -> dict:
+        """Score fixed held-out prompts (one image each, fixed noise) with the trained adapter."""
+        t = self.cfg.train
+        prompts = self.eval_prompts
+        if not prompts:
+            return {"iteration": iteration}
+        texts = [p.text for p in prompts]
+        metas = [dict(p.metadata) for p in prompts]
+        cond = self.backbone.encode_prompts(texts)
+        gen = torch.Generator().manual_seed(t.seed + 12345)
+        images = []
+        for lo in range(0, len(texts), t.micro_batch):
+            ro = self.backbone.sample(_select(cond, slice(lo, lo + t.micro_batch)), num_steps=t.num_steps,
+                                      generator=gen, adapter="trained", guidance_scale=t.guidance_scale,
+                                      sampler=t.sampler)
+            images.append(ro.images.float().cpu())
+        images = torch.cat(images)
+        out = {"iteration": iteration}
+        for reward, name in list(zip(self.rewards, self.reward_names)) + list(zip(self.eval_rewards, self.eval_names)):
+            s, m = self._score(reward, name, images, texts, metas)
+            out[f"eval/{name}/mean"] = float(s[m].mean()) if m.any() else float("nan")
+        from marble.images import grid
+
+        os.makedirs(os.path.join(self.run_dir, "images"), exist_ok=True)
+        img = grid(images, texts)
+        img.save(os.path.join(self.run_dir, "images", f"eval-{iteration:06d}.png"))
+        if self.cfg.train.tensorboard:
+            if self._writer is None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(os.path.join(self.run_dir, "tb"))
+            import numpy as np
+
+            self._writer.add_image("eval/grid", np.asarray(img).transpose(2, 0, 1), iteration)
+        return out

@@ -1,0 +1,1 @@
+"""A minimal reward plugin for marble-rl (the template third parties copy)."""
