@@ -149,6 +149,8 @@ def _translate(exc: Exception, prefix: str = "", schema: type = RunConfig) -> Co
             text += f" Allowed keys here: {', '.join(allowed)}."
         return ConfigError(text, key=key)
     if isinstance(exc, oc_errors.MissingMandatoryValue):
+        if key == "backbone.name":
+            return ConfigError("no backbone given; set backbone.name (see 'marble backbones')", key=key)
         return ConfigError("a value is required here but none was given", key=key)
     value = getattr(exc, "value", None)
     return ConfigError(f"bad value {value!r}: {msg}", key=key)
@@ -206,13 +208,40 @@ def load_config(path: str | None, overrides: list[str] | None = None, *, data: d
         raise ConfigError(f"bad override: {exc}") from None
     schema = OmegaConf.structured(RunConfig)
     try:
-        merged = OmegaConf.merge(schema, raw, cli)
+        plain = OmegaConf.merge(raw, cli)
+    except Exception as exc:
+        raise ConfigError(f"bad override: {exc}") from None
+    _check_list_items(plain)
+    try:
+        merged = OmegaConf.merge(schema, plain)
         OmegaConf.resolve(merged)
         cfg: RunConfig = OmegaConf.to_object(merged)
     except (oc_errors.OmegaConfBaseException, ValueError, TypeError) as exc:
         raise _translate(exc) from None
     _check(cfg, os.path.dirname(os.path.abspath(path)) if path else None)
     return cfg
+
+
+_LIST_SECTIONS = {"rewards": RewardConfig, "eval_rewards": RewardConfig, "prompts": PromptSource,
+                  "eval_prompts": PromptSource, "train.stages": StageConfig}
+
+
+def _check_list_items(plain: DictConfig) -> None:
+    """Validate list items one by one: OmegaConf's own errors lose the list index."""
+    for section, item_type in _LIST_SECTIONS.items():
+        node = OmegaConf.select(plain, section, default=None)
+        if node is None:
+            continue
+        if not isinstance(node, ListConfig):
+            raise ConfigError(f"must be a list, got {OmegaConf.to_container(node) if isinstance(node, DictConfig) else node!r}",
+                              key=section)
+        for i, item in enumerate(node):
+            if not isinstance(item, DictConfig):
+                raise ConfigError(f"each entry must be a mapping, got {item!r}", key=f"{section}[{i}]")
+            try:
+                OmegaConf.merge(OmegaConf.structured(item_type), item)
+            except (oc_errors.OmegaConfBaseException, ValueError, TypeError) as exc:
+                raise _translate(exc, prefix=f"{section}[{i}]", schema=item_type) from None
 
 
 def _check(cfg: RunConfig, config_dir: str | None) -> None:
