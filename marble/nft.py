@@ -68,9 +68,6 @@ def _adaptive_branch_loss(x0_hat: Tensor, x0: Tensor) -> Tensor:
     """Per-sample ``mean((x0_hat - x0)^2) / sg(mean|x0_hat - x0|)`` (DiffusionNFT weighting)."""
     dims = _reduce_dims(x0)
     err = x0_hat - x0
-    if err.dtype in (torch.float16, torch.bfloat16):
-        # Half-precision model outputs: accumulate the regression error in float32.
-        err = err.float()
     with torch.no_grad():
         # Stop-gradient adaptive weight, float64 like the reference implementation.
         w = err.detach().double().abs().mean(dim=dims).clamp_min(ADAPTIVE_WEIGHT_MIN)
@@ -118,8 +115,12 @@ def nft_branch_losses(
     n = v_theta.shape[0]
     if t.ndim != 1 or t.shape[0] != n:
         raise ValueError(f"t must have shape [N]=[{n}], got {tuple(t.shape)}")
-    v_old = v_old.detach()
-    t_b = t.reshape(n, *([1] * (v_theta.ndim - 1))).to(v_theta.dtype)
+    # Compute in the promoted dtype of the inputs, at least float32 (bf16 model outputs are
+    # upcast; float64 stays float64).
+    ct = torch.promote_types(torch.promote_types(v_theta.dtype, v_old.dtype), x_t.dtype)
+    ct = torch.promote_types(torch.promote_types(ct, x0.dtype), torch.float32)
+    v_theta, v_old, x_t, x0 = v_theta.to(ct), v_old.detach().to(ct), x_t.to(ct), x0.to(ct)
+    t_b = t.reshape(n, *([1] * (v_theta.ndim - 1))).to(ct)
     # Implicit policies of Eq. 2.
     v_pos = (1.0 - beta) * v_old + beta * v_theta
     v_neg = (1.0 + beta) * v_old - beta * v_theta
@@ -182,10 +183,14 @@ def kl_loss(v_theta: Tensor, v_ref: Tensor) -> Tensor:
     """Per-sample KL surrogate ``mean over non-batch dims of (v_theta - v_ref)^2`` ([N]).
 
     ``v_ref`` (adapters disabled) is treated as a constant.  The trainer multiplies by
-    ``kl_coef`` and adds it outside any balancing (ALGORITHM.md 1.6, Eq. 8).
+    ``kl_coef`` and adds it outside any balancing (ALGORITHM.md 1.6, Eq. 8).  Half-precision
+    inputs give a float32 result.
     """
     if v_theta.shape != v_ref.shape:
         raise ValueError(f"shape mismatch: {tuple(v_theta.shape)} vs {tuple(v_ref.shape)}")
-    d = (v_theta - v_ref.detach()).pow(2)
+    diff = v_theta - v_ref.detach()
+    if diff.dtype in (torch.float16, torch.bfloat16):
+        diff = diff.float()  # accumulate half-precision outputs in float32
+    d = diff.pow(2)
     dims = _reduce_dims(d)
     return d.mean(dim=dims) if dims else d

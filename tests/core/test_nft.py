@@ -270,6 +270,8 @@ def test_kl_loss():
     # d/da mean((a-b)^2) = (a - b) (2/2 elements)
     np.testing.assert_allclose(ga.numpy(), [[1.0, 2.0], [-1.0, -2.0]])
     assert gb is None or torch.count_nonzero(gb) == 0
+    kb = kl_loss(a.detach().bfloat16(), b.detach().bfloat16())
+    assert kb.dtype == torch.float32 and kb.tolist() == pytest.approx([2.5, 2.5])
 
 
 def test_input_validation():
