@@ -76,7 +76,7 @@ class SD3TinyArgs(SD3Args):
     resolution: int = 64
     lora_rank: int = 4
     lora_alpha: float = 8.0
-    max_sequence_length: int = 16
+    max_sequence_length: int = 32
 
 
 @dataclass
@@ -118,7 +118,7 @@ class FluxTinyArgs(FluxArgs):
     resolution: int = 64
     lora_rank: int = 4
     lora_alpha: float = 8.0
-    max_sequence_length: int = 16
+    max_sequence_length: int = 32
 
 
 def tiny_args_dict(cls) -> dict:

@@ -34,7 +34,7 @@ SD3_SIZES: dict[str, Any] = {
     "pos_embed_max_size": 16,  # latent side / patch <= 16: up to 256 px
     "clip_hidden": 16,
     "clip_layers": 2,
-    "clip_max_tokens": 16,
+    "clip_max_tokens": 32,
     "t5_d_model": 32,  # joint_attention_dim; must be >= 2 * clip_hidden
     "t5_layers": 2,
     "vae_channels": [8, 8, 16, 16],  # 4 levels: vae_scale_factor 8 as in the real VAE
@@ -48,7 +48,7 @@ FLUX_SIZES: dict[str, Any] = {
     "axes_dims_rope": [2, 2, 4],  # sums to attention_head_dim
     "clip_hidden": 16,
     "clip_layers": 2,
-    "clip_max_tokens": 16,
+    "clip_max_tokens": 32,
     "t5_d_model": 32,
     "t5_layers": 2,
     "vae_channels": [8, 8, 16, 16],
