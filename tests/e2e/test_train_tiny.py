@@ -1,0 +1,160 @@
+"""Whole runs on sd3-tiny with two deliberately conflicting dependency-free rewards."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from marble import RewardOutput, RewardSpec, hookimpl
+from marble.checkpoint import list_checkpoints
+from marble.cli import main
+from marble.config import load_config
+from marble.testing import marble_plugin  # noqa: F401
+from marble.trainer import Trainer
+
+torch.set_num_threads(1)
+
+
+class Redness:
+    """Mean red minus mean of green and blue: pulls toward saturated red."""
+
+    def score(self, images, prompts, metadata):
+        x = images.float()
+        return RewardOutput((x[:, 0] - 0.5 * (x[:, 1] + x[:, 2])).mean(dim=(1, 2)))
+
+
+class Brightness:
+    """Mean luminance: pulls toward white, which costs redness. Applies only to 'bright' prompts."""
+
+    def score(self, images, prompts, metadata):
+        x = images.float()
+        mask = torch.tensor(["bright" in p for p in prompts])
+        return RewardOutput(x.mean(dim=(1, 2, 3)), mask)
+
+
+class Plugin:
+    @hookimpl
+    def marble_register_rewards(self):
+        return [RewardSpec("redness", lambda: Redness(), description="test: redness"),
+                RewardSpec("brightness_t", lambda: Brightness(), description="test: brightness")]
+
+
+@pytest.fixture
+def plugin(marble_plugin):
+    marble_plugin(Plugin(), name="conflict")
+
+
+def config(tmp_path, name, **train):
+    t = {"iterations": 4, "prompts_per_iteration": 2, "group_size": 4, "num_steps": 4,
+         "timesteps_per_sample": 2, "micro_batch": 4, "optimizer_steps": 2, "beta": 0.1, "lr": 1e-3,
+         "save_every": 2, "eval_every": 2, "eval_prompts_count": 4, "progress": False}
+    t.update(train)
+    return {
+        "output_dir": str(tmp_path / name),
+        "backbone": {"name": "sd3-tiny", "args": {"resolution": 32, "prompt_cache_size": 0}},
+        "rewards": [{"name": "redness", "weight": 1.0}, {"name": "brightness_t", "weight": 1.0}],
+        "balancer": {"name": "marble", "args": {"refresh_every": 2}},
+        "prompts": [{"texts": ["a bright red apple", "a dark red rose", "a bright sunny field", "a red car"]}],
+        "eval_prompts": [{"texts": ["a bright red kite", "a red barn"]}],
+        "train": t,
+    }
+
+
+def read_metrics(run):
+    with open(os.path.join(run, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def trained_state(run):
+    state = torch.load(os.path.join(list_checkpoints(run)[-1], "state.pt"), weights_only=False)
+    return state
+
+
+def test_marble_run_logs_checkpoints_and_resumes_identically(plugin, tmp_path):
+    full = load_config(None, data=config(tmp_path, "full"))
+    Trainer(full).train()
+    run = full.output_dir
+    lines = read_metrics(run)
+    train_lines = [m for m in lines if "reward/redness/mean" in m]
+    assert [m["iteration"] for m in train_lines] == [1, 2, 3, 4]
+    for m in train_lines:
+        for key in ("reward/redness/mean", "reward/brightness_t/mean", "reward/redness/adv_std",
+                    "reward/brightness_t/masked_frac", "alpha_bar/redness", "alpha_bar/brightness_t",
+                    "loss/redness", "kl", "grad_norm", "step", "old_eta"):
+            assert key in m, f"{key} missing at iteration {m['iteration']}"
+    # optimizer_steps=2 and refresh_every=2: every iteration holds one refresh step
+    for m in train_lines:
+        for key in ("alpha/redness", "alpha/brightness_t", "grad_norm/redness", "cos/marble/redness",
+                    "cos/marble/min", "conflict_rate/marble", "cos/weighted_sum/min",
+                    "conflict_rate/weighted_sum"):
+            assert key in m, f"{key} missing at iteration {m['iteration']}"
+        assert abs(m["alpha/redness"] + m["alpha/brightness_t"] - 1) < 1e-6
+        assert 0 <= m["conflict_rate/marble"] <= 1
+    # brightness applies to 'bright' prompts only: its masked fraction is logged honestly
+    assert any(0 < m["reward/brightness_t/masked_frac"] < 1 for m in train_lines) or \
+        all(m["reward/brightness_t/masked_frac"] in (0.0, 1.0) for m in train_lines)
+    evals = [m for m in lines if "eval/redness/mean" in m]
+    assert [m["iteration"] for m in evals] == [0, 2, 4]
+    assert os.path.isfile(os.path.join(run, "images", "eval-000000.png"))
+    assert os.path.isfile(os.path.join(run, "images", "eval-000004.png"))
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(run, "tb")))
+    assert [os.path.basename(p) for p in list_checkpoints(run)] == ["checkpoint-000002", "checkpoint-000004"]
+    ckpt = list_checkpoints(run)[-1]
+    assert os.path.isfile(os.path.join(ckpt, "lora", "pytorch_lora_weights.safetensors"))
+    assert os.path.isfile(os.path.join(run, "lora", "pytorch_lora_weights.safetensors"))
+    plugins = json.load(open(os.path.join(run, "plugins.json")))
+    assert {c["name"] for c in plugins["components"]} >= {"sd3-tiny", "marble", "redness", "brightness_t"}
+    assert "train:" in open(os.path.join(run, "config.yaml")).read()
+
+    # interrupted after 2 iterations, then resumed to 4: bit-identical weights and optimizer state
+    part = load_config(None, data=config(tmp_path, "part", iterations=2))
+    Trainer(part).train()
+    resumed = load_config(None, data={**config(tmp_path, "ignored"), "resume": part.output_dir})
+    Trainer(resumed).train()
+    a, b = trained_state(run), trained_state(part.output_dir)
+    assert a["iteration"] == b["iteration"] == 4 and a["step"] == b["step"]
+    for key in a["trained"]:
+        assert torch.equal(a["trained"][key], b["trained"][key]), key
+        assert torch.equal(a["old"][key], b["old"][key]), key
+    assert a["balancer"] == b["balancer"]
+    assert [m["iteration"] for m in read_metrics(part.output_dir) if "reward/redness/mean" in m] == [1, 2, 3, 4]
+    # the weights really moved
+    init = Trainer(load_config(None, data=config(tmp_path, "fresh"))).backbone.adapter_state("trained")
+    assert any(not torch.equal(init[k], a["trained"][k]) for k in init)
+
+
+def test_refuses_to_overwrite_a_run(plugin, tmp_path, capsys):
+    cfg = load_config(None, data=config(tmp_path, "r", iterations=1, eval_every=0, save_every=1))
+    Trainer(cfg).train()
+    from marble.errors import MarbleError
+
+    with pytest.raises(MarbleError, match="resume="):
+        Trainer(cfg).train()
+
+
+@pytest.mark.parametrize("balancer", ["weighted_sum", "fixed", "marble_full"])
+def test_other_balancers_run(plugin, tmp_path, balancer):
+    data = config(tmp_path, balancer, iterations=1, eval_every=0, save_every=0)
+    data["balancer"] = {"name": balancer}
+    Trainer(load_config(None, data=data)).train()
+    (m,) = [x for x in read_metrics(data["output_dir"]) if "reward/redness/mean" in x]
+    if balancer == "marble_full":
+        assert "alpha/redness" in m and "cos/marble/min" in m
+    if balancer == "weighted_sum":
+        assert "loss/weighted_sum" in m and "reward/weighted_sum/adv_std" in m
+
+
+def test_cli_train_and_bad_resume(plugin, tmp_path, capsys):
+    import yaml  # noqa: F401 - PyYAML ships with omegaconf
+
+    from omegaconf import OmegaConf
+
+    path = tmp_path / "c.yaml"
+    OmegaConf.save(OmegaConf.create(config(tmp_path, "cli", iterations=1, eval_every=0)), path)
+    assert main(["train", str(path), "train.progress=false"]) == 0
+    assert os.path.isdir(tmp_path / "cli" / "lora")
+    code = main(["train", str(path), f"resume={tmp_path / 'nothing-here'}"])
+    assert code == 2 and "no complete checkpoint" in capsys.readouterr().err
