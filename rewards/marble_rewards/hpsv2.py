@@ -15,6 +15,7 @@ config of ``marble_rewards.testing`` is found). The weights come from ``checkpoi
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from dataclasses import dataclass
@@ -82,6 +83,23 @@ def hps_transform(images, image_size: int, mean, std):
     return (x - m) / s
 
 
+class _quiet_no_pretrained:
+    """Hide open_clip's "No pretrained weights loaded" warning (we load the HPS checkpoint)."""
+
+    class _Filter(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "No pretrained weights loaded" not in record.getMessage()
+
+    def __enter__(self):
+        self.filter = self._Filter()
+        logging.getLogger().addFilter(self.filter)
+        return self
+
+    def __exit__(self, *exc):
+        logging.getLogger().removeFilter(self.filter)
+        return False
+
+
 class HPSv2(BaseReward):
     name = "hpsv2"
 
@@ -95,7 +113,9 @@ class HPSv2(BaseReward):
         self.device, self.dtype = resolve_device_dtype(self.name, args.device, args.dtype)
         ckpt_path = resolve_file(self.name, "checkpoint", args.checkpoint, repo=args.hub_repo, url=CHECKPOINT_URL)
         model_name = resolve_model_name(self.name, args.model)
-        model = open_clip.create_model(model_name, pretrained=None, precision="fp32", device="cpu", output_dict=True)
+        with _quiet_no_pretrained():  # weights come from the HPS checkpoint below
+            model = open_clip.create_model(model_name, pretrained=None, precision="fp32", device="cpu",
+                                           output_dict=True)
         try:
             ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001

@@ -110,7 +110,7 @@ class OCRReward(BaseReward):
         params = {
             "Global.use_cls": bool(args.use_angle_cls),
             "Global.text_score": float(args.text_score),
-            "Global.log_level": "warning",
+            "Global.log_level": "error",  # "no text detected" is not worth a warning
             "Det.limit_type": "max",
             "Det.limit_side_len": int(args.det_limit_side_len),
             "EngineConfig.onnxruntime.intra_op_num_threads": int(args.num_threads),
