@@ -55,6 +55,7 @@ class DiffusersFlowBackbone(Backbone):
     #: backbone name (for messages), pipeline class name expected in model_index.json
     name: str = ""
     pipeline_class: str = ""
+    example_hub_id: str = ""
     other_backbones: dict = {}  # pipeline class name -> backbone that loads it
     #: the components the backbone needs from the folder (model subfolders and the rest)
     required_models: tuple = ()
@@ -128,12 +129,9 @@ class DiffusersFlowBackbone(Backbone):
             raise self._err(
                 f"model folder '{model}' does not exist (or is not a folder)",
                 f"point 'model' at a diffusers {self.pipeline_class} folder (one holding model_index.json), "
-                "or at a hub id such as '" + self._default_hub_id() + "'",
+                "or at a hub id such as '" + self.example_hub_id + "'",
             )
         return model  # a hub id: diffusers resolves it (cache or download)
-
-    def _default_hub_id(self) -> str:
-        return type(self.args)().model if type(self.args)().model != TINY else ""
 
     def _check_folder(self, path: str) -> None:
         index = os.path.join(path, "model_index.json")

@@ -19,6 +19,7 @@ class FluxBackbone(DiffusersFlowBackbone):
     """``FluxBackbone(FluxArgs(...))``: a FluxPipeline checkpoint with two LoRA adapters."""
 
     name = "flux"
+    example_hub_id = "black-forest-labs/FLUX.1-dev"
     pipeline_class = "FluxPipeline"
     other_backbones = {"StableDiffusion3Pipeline": "sd3"}
     required_models = ("transformer", "vae", "text_encoder", "text_encoder_2")

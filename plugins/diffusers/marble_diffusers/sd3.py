@@ -16,6 +16,7 @@ class SD3Backbone(DiffusersFlowBackbone):
     adapters (trained / old) on its transformer; the reference is the transformer without them."""
 
     name = "sd3"
+    example_hub_id = "stabilityai/stable-diffusion-3.5-medium"
     pipeline_class = "StableDiffusion3Pipeline"
     other_backbones = {"FluxPipeline": "flux", "StableDiffusionXLPipeline": None}
     required_models = ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")
