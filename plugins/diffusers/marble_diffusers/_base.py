@@ -199,7 +199,8 @@ class DiffusersFlowBackbone(Backbone):
         return self._err(
             f"could not load {self.pipeline_class} from {where} '{path}': {type(e).__name__}: {str(e).strip()[:400]}",
             "check the model id/revision and your hub access (gated models need `hf auth login` and accepting the "
-            "license), or download it once and set 'model' to the local folder",
+            "license; without network, HF_HUB_OFFLINE=1 uses only the local cache), or download it once and set "
+            "'model' to the local folder",
         )
 
     def _from_pretrained(self, pipeline_cls, path: str, **components):
