@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 
@@ -34,3 +35,37 @@ class CountArgs(WorldRewardArgs):
 @dataclass
 class ContrastArgs:
     """No options: RMS luminance contrast of the whole image."""
+
+
+def world_model_path() -> str:
+    """The committed pretrained pipeline folder (a StableDiffusion3Pipeline save_pretrained)."""
+    import os
+
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "model")
+
+
+@functools.lru_cache(maxsize=None)
+def world_backbone_args():
+    """The args dataclass of the ``world-sd3`` backbone: ``sd3`` args with the world's defaults.
+
+    None when the diffusers backbone plugin (marble_diffusers) is not installed."""
+    from dataclasses import dataclass
+
+    try:
+        from marble_diffusers.args import SD3Args
+    except ImportError:
+        return None
+
+    @dataclass
+    class WorldSD3Args(SD3Args):
+        """``sd3`` on the demo world's pretrained 64 px model (model "" = the packaged folder)."""
+
+        model: str = ""
+        resolution: int = 64
+        dtype: str = "fp32"
+        lora_rank: int = 8
+        lora_alpha: float = 16.0
+        max_sequence_length: int = 24
+        decode_batch_size: int = 64
+
+    return WorldSD3Args

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from marble import RewardSpec, hookimpl
-from marble_world.config import ContrastArgs, CountArgs, WorldRewardArgs
+from marble import BackboneSpec, RewardSpec, hookimpl
+from marble_world.config import ContrastArgs, CountArgs, WorldRewardArgs, world_backbone_args
 
 
 @hookimpl
@@ -25,4 +25,18 @@ def marble_register_rewards() -> list:
             "world_contrast", "marble_world.rewards:ContrastReward", args=ContrastArgs,
             description="Demo world: RMS luminance contrast, an aesthetic that pulls against colour/count",
         ),
+    ]
+
+
+@hookimpl
+def marble_register_backbones() -> list:
+    args = world_backbone_args()
+    if args is None:  # the diffusers backbone plugin is not installed
+        return []
+    return [
+        BackboneSpec(
+            "world-sd3", "marble_world.backbone:build", args=args,
+            description="Demo world: the packaged 64 px pretrained SD3-architecture model (sd3 backbone)",
+            tiny_args={},
+        )
     ]

@@ -131,7 +131,7 @@ def train_transformer(pipe, *, steps: int, batch: int, seed: int, lr: float, siz
         loss.backward()
         torch.nn.utils.clip_grad_norm_(tr.parameters(), 1.0)
         opt.step()
-        log("transformer", step, float(loss))
+        log("transformer", step, loss.item())
     tr.eval()
 
 
@@ -161,8 +161,8 @@ def plot_loss(csv_path: Path, png_path: Path) -> None:
     plt.close(fig)
 
 
-def pretrain(out: str | Path, *, seed: int = 0, vae_steps: int = 400, steps: int = 2000, batch: int = 32,
-             vae_batch: int = 16, lr: float = 5e-4, vae_lr: float = 2e-3, text_fraction: float = 0.2,
+def pretrain(out: str | Path, *, seed: int = 0, vae_steps: int = 300, steps: int = 1200, batch: int = 32,
+             vae_batch: int = 16, lr: float = 8e-4, vae_lr: float = 2e-3, text_fraction: float = 0.2,
              cfg_drop: float = 0.1, size: int = 64, threads: int = 1, log_every: int = 50,
              transformer_overrides: dict | None = None, quiet: bool = False):
     """Train and save the pipeline folder at ``out``; returns the pipeline."""
@@ -221,10 +221,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m marble_world.pretrain", description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--vae-steps", type=int, default=400)
-    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--vae-steps", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=1200)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--lr", type=float, default=8e-4)
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args(argv)
     pretrain(a.out, seed=a.seed, vae_steps=a.vae_steps, steps=a.steps, batch=a.batch, lr=a.lr, threads=a.threads)
