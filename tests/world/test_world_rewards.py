@@ -175,3 +175,17 @@ def test_entry_point_is_declared():
 
     eps = [e for e in entry_points(group="marble.plugins") if e.name == "world"]
     assert eps and eps[0].value == "marble_world.plugin"
+
+
+def test_conformance_checks_of_the_core():
+    from marble.testing import check_reward
+
+    imgs = torch.stack([TWO_RED_LEFT, ONE_BLUE_RIGHT, THREE_GREEN_TOP, BLANK])
+    prompts = ["two red circles on the left", "a blue square on the right", "three green triangles at the top",
+               'a sign that says "cat"']
+    from marble_world.prompts import parse
+
+    metas = [parse(p) for p in prompts]
+    for R in (ColorReward(), CountReward(), PositionReward(), ContrastReward()):
+        check_reward(R, imgs, prompts, metas)
+        check_reward(R)  # random images, prompts outside the grammar
