@@ -54,7 +54,7 @@ def config(tmp_path, name, **train):
     t.update(train)
     return {
         "output_dir": str(tmp_path / name),
-        "backbone": {"name": "sd3-tiny", "args": {"resolution": 32, "prompt_cache_size": 0}},
+        "backbone": {"name": "sd3-tiny", "args": {"resolution": 32}},
         "rewards": [{"name": "redness", "weight": 1.0}, {"name": "brightness_t", "weight": 1.0}],
         "balancer": {"name": "marble", "args": {"refresh_every": 2}},
         "prompts": [{"texts": ["a bright red apple", "a dark red rose", "a bright sunny field", "a red car"]}],

@@ -431,10 +431,13 @@ class DiffusersFlowBackbone(Backbone):
                     "pass every prompt (and '' for CFG) to cache_prompts() before freeing, or set offload_encoders: false",
                 )
             with self._on_device(self._text_encoders()):
-                batch = 16
+                # Fixed-shape chunks (padded with the empty prompt): a prompt's embedding must not
+                # depend on which other prompts shared its batch, or a resumed run (cold cache)
+                # would differ in the last bits from an uninterrupted one (warm cache).
+                batch = 8
                 for i in range(0, len(missing), batch):
                     chunk = missing[i : i + batch]
-                    enc = self._encode_uncached(chunk)
+                    enc = self._encode_uncached(chunk + [""] * (batch - len(chunk)))
                     for j, p in enumerate(chunk):
                         self._cache[p] = {k: v[j].to("cpu", self.dtype) for k, v in enc.items()}
         rows = []
