@@ -87,10 +87,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     cfg = load_config(args.config, overrides)
     validate_components(cfg)
+    from marble.prompts import load_sources
+
+    n_prompts = sum(len(s.prompts) for s in load_sources(cfg.prompts, "prompts"))
+    if cfg.eval_prompts:
+        load_sources(cfg.eval_prompts, "eval_prompts")
     if args.dry_run:
         print(f"config {args.config} is valid: backbone {cfg.backbone.name}, rewards "
               f"{', '.join(r.name for r in cfg.rewards)}, balancer {cfg.balancer.name}, "
-              f"{cfg.train.iterations} iterations -> {cfg.output_dir}")
+              f"{n_prompts} training prompts, {cfg.train.iterations} iterations -> {cfg.output_dir}")
         return 0
     if args.num_processes and args.num_processes > 1:
         from marble.distributed import launch
