@@ -186,8 +186,9 @@ def resolve_file(reward: str, arg: str, value: str, *, repo: str, url: str) -> s
                         f"not in the Hugging Face cache, and downloading it failed ({type(exc).__name__}). "
                         f"To get it: {how}, then pass {arg}=/path/to/{os.path.basename(path)}"
                     ) from None
+    cache = f" (nor in the Hugging Face cache of '{repo}')" if repo and bare else ""
     raise RewardError(
-        f"reward '{reward}': weight file not found: {os.path.abspath(path)} ({arg}={value!r}). "
+        f"reward '{reward}': weight file not found: {os.path.abspath(path)}{cache} ({arg}={value!r}). "
         f"To get it: {how}, then pass {arg}=/path/to/{os.path.basename(path)}"
     )
 
@@ -209,11 +210,17 @@ def from_pretrained(reward: str, arg: str, cls: Any, value: str, *, what: str, h
         return cls.from_pretrained(path if local else value, local_files_only=True, **kwargs)
     except (OSError, ValueError) as exc:
         first = exc
-    if local or hub_offline():
-        where = os.path.abspath(path) if local else f"the Hugging Face cache (hub id '{value}'; HF_HUB_OFFLINE=1)"
+    if local:
+        detail = " ".join(str(first).split())
         raise RewardError(
-            f"reward '{reward}': cannot load the {what} from {where} ({arg}={value!r}): {first}. "
-            f"To get it: `hf download {value if not local else hub_id} --local-dir DIR` and pass {arg}=DIR"
+            f"reward '{reward}': cannot load the {what} from {os.path.abspath(path)} ({arg}={value!r}): {detail}. "
+            f"To get it: `hf download {hub_id} --local-dir DIR` and pass {arg}=DIR"
+        ) from None
+    if hub_offline():
+        raise RewardError(
+            f"reward '{reward}': the {what} '{value}' ({arg}) is not a local folder and not in the Hugging Face "
+            f"cache, and HF_HUB_OFFLINE=1 forbids downloading it. To get it: `hf download {value} --local-dir DIR` "
+            f"on a machine with internet access and pass {arg}=DIR"
         ) from None
     try:
         return cls.from_pretrained(value, **kwargs)

@@ -34,6 +34,12 @@ def build():
     return _build
 
 
+@pytest.fixture(scope="session")
+def qimages():
+    """qimages(n, h, w, seed=0): see ``quantized_images``."""
+    return quantized_images
+
+
 def quantized_images(n: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
     """Float images in [0, 1] whose values are exactly k / 255 (so uint8 and float agree), with
     structure (smooth gradients plus noise) rather than pure noise."""

@@ -11,8 +11,6 @@ from PIL import Image
 from torch import nn
 from transformers import CLIPModel, CLIPProcessor
 
-from conftest import quantized_images
-
 PROMPTS = [
     'a cat holding a sign that says "hello"',
     "a photograph of an astronaut riding a horse on the moon, highly detailed, 8k",
@@ -60,9 +58,9 @@ class ReferenceAestheticMLP(nn.Module):
 
 
 @pytest.mark.parametrize("size", [(224, 224), (256, 320)])
-def test_pickscore_matches_reference(ckpts, build, size):
+def test_pickscore_matches_reference(ckpts, build, size, qimages):
     a = ckpts["pickscore"]
-    images = quantized_images(len(PROMPTS), *size)
+    images = qimages(len(PROMPTS), *size)
     model, ie, te = reference_clip_embeds(a["model"], a["processor"], images, PROMPTS, pil=False)
     ref = model.logit_scale.exp() * torch.diagonal(ie @ te.T)  # the reference's N x N way
     raw = build("pickscore", **a, scale=1.0, batch_size=4).score(images, PROMPTS, [{}] * len(PROMPTS))
@@ -73,11 +71,11 @@ def test_pickscore_matches_reference(ckpts, build, size):
     torch.testing.assert_close(default.scores, ref.float() / 26, atol=1e-5, rtol=0)
 
 
-def test_pickscore_uint8_pil_path(ckpts, build):
+def test_pickscore_uint8_pil_path(ckpts, build, qimages):
     """uint8 input = the float input exactly; and at 224 px (no resize) the PIL/uint8 reference
     of the PickScore README gives the same numbers."""
     a = ckpts["pickscore"]
-    images = quantized_images(4, 224, 224, seed=3)
+    images = qimages(4, 224, 224, seed=3)
     prompts = PROMPTS[:4]
     reward = build("pickscore", **a, scale=1.0)
     f = reward.score(images, prompts, [{}] * 4).scores
@@ -87,9 +85,9 @@ def test_pickscore_uint8_pil_path(ckpts, build):
     torch.testing.assert_close(f, (model.logit_scale.exp() * (ie * te).sum(-1)).float(), atol=1e-5, rtol=0)
 
 
-def test_clipscore_matches_reference(ckpts, build):
+def test_clipscore_matches_reference(ckpts, build, qimages):
     a = ckpts["clipscore"]
-    images = quantized_images(len(PROMPTS), 240, 200, seed=1)
+    images = qimages(len(PROMPTS), 240, 200, seed=1)
     model, _, _ = reference_clip_embeds(a["model"], a["processor"], images[:1], PROMPTS[:1], pil=False)
     proc = CLIPProcessor.from_pretrained(a["processor"])
     with torch.no_grad():  # logits_per_image / logit_scale = cosine
@@ -104,9 +102,9 @@ def test_clipscore_matches_reference(ckpts, build):
     assert torch.equal(got.scores, u.scores)
 
 
-def test_aesthetic_matches_reference(ckpts, build):
+def test_aesthetic_matches_reference(ckpts, build, qimages):
     a = ckpts["aesthetic"]
-    images = quantized_images(5, 256, 256, seed=2)
+    images = qimages(5, 256, 256, seed=2)
     proc = CLIPProcessor.from_pretrained(a["processor"])
     model = CLIPModel.from_pretrained(a["clip_model"]).eval()
     mlp = ReferenceAestheticMLP()
@@ -139,16 +137,16 @@ def test_clip_model_loaded_once_for_clipscore_and_aesthetic(ckpts, build):
     assert len(_clip.cached_models()) == 2
 
 
-def test_scores_do_not_depend_on_batch_size(ckpts, build):
-    images = quantized_images(5, 224, 224, seed=4)
+def test_scores_do_not_depend_on_batch_size(ckpts, build, qimages):
+    images = qimages(5, 224, 224, seed=4)
     prompts = PROMPTS[:5]
     a = build("pickscore", **ckpts["pickscore"], batch_size=5).score(images, prompts, [{}] * 5).scores
     b = build("pickscore", **ckpts["pickscore"], batch_size=2).score(images, prompts, [{}] * 5).scores
     torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 
-def test_bf16_runs_close_to_fp32(ckpts, build):
-    images = quantized_images(3, 224, 224, seed=5)
+def test_bf16_runs_close_to_fp32(ckpts, build, qimages):
+    images = qimages(3, 224, 224, seed=5)
     f32 = build("clipscore", **ckpts["clipscore"]).score(images, PROMPTS[:3], [{}] * 3).scores
     bf = build("clipscore", **ckpts["clipscore"], dtype="bf16").score(images, PROMPTS[:3], [{}] * 3)
     assert bf.scores.dtype == torch.float32

@@ -13,8 +13,6 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import quantized_images
-
 PROMPTS = [
     'a cat holding a sign that says "hello"',
     "an oil painting of a lighthouse in a storm",
@@ -46,9 +44,9 @@ def reference(ckpts):
 
 
 @pytest.mark.parametrize("size", [(224, 224), (224, 160), (150, 224)])
-def test_hpsv2_matches_open_clip(ckpts, build, reference, size):
+def test_hpsv2_matches_open_clip(ckpts, build, reference, size, qimages):
     """No resampling needed (longest side already 224): must agree to float precision."""
-    images = quantized_images(len(PROMPTS), *size, seed=7)
+    images = qimages(len(PROMPTS), *size, seed=7)
     reward = build("hpsv2", **ckpts["hpsv2"], batch_size=3)
     got = reward.score(images, PROMPTS, [{}] * len(PROMPTS))
     assert got.mask is None and got.scores.dtype == torch.float32
@@ -58,11 +56,11 @@ def test_hpsv2_matches_open_clip(ckpts, build, reference, size):
     assert torch.equal(got.scores, u8.scores)
 
 
-def test_hpsv2_resize_close_to_pil_resize(ckpts, build, reference):
+def test_hpsv2_resize_close_to_pil_resize(ckpts, build, reference, qimages):
     """512 px and 448 x 320 inputs are resized: bicubic on tensors vs PIL's bicubic on uint8
     differ by rounding only."""
     for h, w in [(512, 512), (448, 320)]:
-        images = quantized_images(len(PROMPTS), h, w, seed=8)
+        images = qimages(len(PROMPTS), h, w, seed=8)
         got = build("hpsv2", **ckpts["hpsv2"]).score(images, PROMPTS, [{}] * len(PROMPTS)).scores
         ref = reference(images, PROMPTS)
         assert (got - ref).abs().max() < 2e-4, (h, w, got, ref)  # measured: 2.5e-5

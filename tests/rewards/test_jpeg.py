@@ -8,8 +8,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from conftest import quantized_images
-
 
 def reference_kb(images: torch.Tensor) -> list[float]:
     """DDPO: uint8 via round, JPEG quality 95, size / 1000."""
@@ -22,8 +20,8 @@ def reference_kb(images: torch.Tensor) -> list[float]:
     return sizes
 
 
-def test_jpeg_rewards_match_ddpo(build):
-    images = quantized_images(4, 64, 96, seed=11)
+def test_jpeg_rewards_match_ddpo(build, qimages):
+    images = qimages(4, 64, 96, seed=11)
     images[0] = 0.5  # a flat image compresses far better
     ref = torch.tensor(reference_kb(images), dtype=torch.float32)
     inc = build("jpeg_incompressibility", batch_size=3).score(images, ["x"] * 4, [{}] * 4)
@@ -35,8 +33,8 @@ def test_jpeg_rewards_match_ddpo(build):
     assert torch.equal(u8.scores, com.scores)
 
 
-def test_jpeg_quality_arg(build):
-    images = quantized_images(2, 64, 64, seed=12)
+def test_jpeg_quality_arg(build, qimages):
+    images = qimages(2, 64, 64, seed=12)
     hi = build("jpeg_incompressibility").score(images, ["x", "y"], [{}, {}]).scores
     lo = build("jpeg_incompressibility", quality=30).score(images, ["x", "y"], [{}, {}]).scores
     assert (lo < hi).all()
