@@ -101,10 +101,30 @@ def cmd_train(args: argparse.Namespace) -> int:
         from marble.distributed import launch
 
         return launch(args.config, overrides, args.num_processes, debug=args.debug)
+    _quiet_libraries(args.debug)
     from marble.trainer import Trainer
 
     Trainer(cfg).train()
     return 0
+
+
+def _quiet_libraries(debug: bool) -> None:
+    """Model libraries log per-call warnings (tokenizer truncation) and loading bars that bury
+    the progress bar; keep errors only unless --debug."""
+    if debug:
+        return
+    import os
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for mod in ("diffusers.utils.logging", "transformers.utils.logging"):
+        try:
+            lib = __import__(mod, fromlist=["disable_progress_bar"])
+        except ImportError:
+            continue
+        lib.set_verbosity_error()
+        lib.disable_progress_bar()
 
 
 # ---------------------------------------------------------------- main
