@@ -36,6 +36,8 @@ def load_clip_model(reward: str, arg: str, value: str, device: Any, dtype: Any, 
             from transformers import CLIPModel
 
             model = from_pretrained(reward, arg, CLIPModel, value, what="CLIP model", hub_id=hub_id)
+            # exp(logit_scale) read before any cast: in bf16, 4.6052 rounds to 4.594 (exp 98.9, not 100)
+            model.marble_logit_scale = float(model.logit_scale.detach().double().exp())
             model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
             _MODELS[key] = model
         return model

@@ -44,4 +44,4 @@ class PickScore(BaseReward):
         img = image_embeds(self.model, self.processor, images)
         txt = text_embeds(self.model, self.processor, prompts, self.device)
         cos = (img * txt).sum(dim=-1)  # per-sample cosine: no N x N matrix
-        return self.model.logit_scale.float().exp() * cos * self.args.scale
+        return self.model.marble_logit_scale * cos * self.args.scale  # exp(logit_scale), taken in fp32

@@ -215,17 +215,32 @@ def make_hpsv2(root: str | os.PathLike, size: str = "tiny", *, seed: int = 3, in
 
 
 # ---------------------------------------------------------------------- everything
-def make_all(root: str | os.PathLike, size: str = "tiny", *, init_device: str = "cpu") -> dict[str, dict]:
-    """Args for every reward of this package, keyed by reward name (tokenizer built once)."""
+def make_all(root: str | os.PathLike, size: str = "tiny", *, init_device: str = "cpu",
+             names: list[str] | None = None) -> dict[str, dict]:
+    """Args for every reward of this package (or only ``names``), keyed by reward name. The
+    tokenizer is built once; CLIPScore and aesthetic share one ViT-L/14 folder."""
     root = Path(root)
-    tok = clip_tokenizer()
-    clip = make_clip_l14(root, size, init_device=init_device, tokenizer=tok)
-    return {
-        "pickscore": make_pickscore(root / "pickscore", size, init_device=init_device, tokenizer=tok),
-        "hpsv2": make_hpsv2(root / "hpsv2", size, init_device=init_device),
-        "clipscore": dict(clip),
-        "aesthetic": make_aesthetic(root, size, init_device=init_device, tokenizer=tok),
-        "ocr": {},
-        "jpeg_compressibility": {},
-        "jpeg_incompressibility": {},
-    }
+    names = list(names) if names is not None else list(REWARDS)
+    unknown = sorted(set(names) - set(REWARDS))
+    if unknown:
+        raise ValueError(f"unknown rewards {unknown}; choose from {list(REWARDS)}")
+    tok = clip_tokenizer() if {"pickscore", "clipscore", "aesthetic"} & set(names) else None
+    out: dict[str, dict] = {}
+    for name in names:
+        if name == "pickscore":
+            out[name] = make_pickscore(root / "pickscore", size, init_device=init_device, tokenizer=tok)
+        elif name == "hpsv2":
+            out[name] = make_hpsv2(root / "hpsv2", size, init_device=init_device)
+        elif name == "clipscore":
+            if not (root / "clip-vit-large-patch14" / "config.json").is_file():
+                make_clip_l14(root, size, init_device=init_device, tokenizer=tok)
+            folder = str(root / "clip-vit-large-patch14")
+            out[name] = {"model": folder, "processor": folder}
+        elif name == "aesthetic":
+            out[name] = make_aesthetic(root, size, init_device=init_device, tokenizer=tok)
+        else:  # ocr (weights ship with rapidocr) and the JPEG rewards need no files
+            out[name] = {}
+    return out
+
+
+REWARDS = ("pickscore", "hpsv2", "clipscore", "aesthetic", "ocr", "jpeg_compressibility", "jpeg_incompressibility")

@@ -185,3 +185,15 @@ def test_tiny_checkpoints_have_the_real_key_names(ckpts):
         assert pattern(saved) - {k for k in pattern(saved) if k.endswith("position_ids")} == pattern(expected), name
     # CLIPScore's stand-in feeds the aesthetic MLP: it must have ViT-L/14's 768-d embedding
     assert CLIPConfig.from_pretrained(ckpts["clipscore"]["model"]).projection_dim == 768
+
+
+def test_pickscore_logit_scale_is_not_rounded_in_bf16(ckpts, build, qimages):
+    """exp(logit_scale) comes from the fp32 checkpoint value even when the model runs in bf16
+    (bf16 would turn 100 into 98.9 - a 1 % scale error on every score)."""
+    reward = build("pickscore", **ckpts["pickscore"], dtype="bf16", scale=1.0)
+    assert reward.model.logit_scale.dtype == torch.bfloat16
+    assert reward.model.marble_logit_scale == pytest.approx(100.0, rel=1e-4)
+    images = qimages(2, 224, 224, seed=9)
+    f32 = build("pickscore", **ckpts["pickscore"], scale=1.0).score(images, PROMPTS[:2], [{}] * 2).scores
+    bf = reward.score(images, PROMPTS[:2], [{}] * 2).scores
+    torch.testing.assert_close(bf, f32, atol=0.05 * f32.abs().max().item() + 0.05, rtol=0)
