@@ -43,6 +43,7 @@ class _JpegSize(BaseReward):
         self.args = args
         self.batch_size = check_batch_size(self.name, args.batch_size)
         self.device = torch.device("cpu")
+        self.dtype = torch.float32
 
     def _score_batch(self, images, prompts, metadata):
         import torch

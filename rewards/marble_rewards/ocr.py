@@ -95,6 +95,7 @@ class OCRReward(BaseReward):
         self.args = args
         self.batch_size = check_batch_size(self.name, args.batch_size)
         self.device = torch.device("cpu")  # images are converted to numpy on the CPU
+        self.dtype = torch.float32
         if not 0.0 <= args.text_score <= 1.0:
             raise RewardError(f"reward 'ocr': text_score must be in [0, 1], got {args.text_score}")
         if args.det_limit_side_len < 32:
@@ -134,7 +135,12 @@ class OCRReward(BaseReward):
     def _pick_device(device: str, providers: list[str]) -> tuple[bool, int]:
         has_cuda = "CUDAExecutionProvider" in providers
         if device in ("", "auto"):
-            return has_cuda, 0
+            if not has_cuda:
+                return False, 0
+            from marble.devices import resolve_device
+
+            dev = resolve_device("auto")  # this process's GPU (LOCAL_RANK) or the CPU
+            return dev.type == "cuda", dev.index or 0
         if device == "cpu":
             return False, 0
         if device.startswith("cuda"):

@@ -81,6 +81,8 @@ def test_bad_args(build):
         build("ocr", device="tpu")
     with pytest.raises(ConfigError, match="unknown key"):
         build("jpeg_compressibility", qualty=90)
+    with pytest.raises(RewardError, match="'ocr': det_model file not found: /nonexistent/det.onnx"):
+        build("ocr", det_model="/nonexistent/det.onnx")
 
 
 def test_bad_dtype_names_the_reward(ckpts, build):
