@@ -185,7 +185,8 @@ def make_aesthetic(root: str | os.PathLike, size: str = "tiny", *, init_device: 
 
 # ---------------------------------------------------------------------- open_clip (HPSv2)
 def make_hpsv2(root: str | os.PathLike, size: str = "tiny", *, seed: int = 3, init_device: str = "cpu") -> dict:
-    """``HPS_v2.1_compressed.pt`` for an open_clip model; tiny: the model config JSON beside it."""
+    """``HPS_v2.1_compressed.pt`` for an open_clip model; tiny: the model config JSON beside it.
+    (``init_device`` is accepted for symmetry; open_clip models are always built on the CPU.)"""
     import open_clip
     import torch
 
@@ -201,12 +202,11 @@ def make_hpsv2(root: str | os.PathLike, size: str = "tiny", *, seed: int = 3, in
 
         name = resolve_model_name("hpsv2", str(cfg_path))  # registers the config
         model_arg = str(cfg_path)
-    torch.manual_seed(seed)
-    with torch.device(init_device):
-        from marble_rewards.hpsv2 import _quiet_no_pretrained
+    from marble_rewards.hpsv2 import _quiet_no_pretrained
 
-        with _quiet_no_pretrained():
-            model = open_clip.create_model(name, pretrained=None, precision="fp32", device=init_device)
+    torch.manual_seed(seed)
+    with _quiet_no_pretrained():  # built on the CPU (full ViT-H-14: ~20 s), as the reward builds it
+        model = open_clip.create_model(name, pretrained=None, precision="fp32", device="cpu")
     ckpt = root / "HPS_v2.1_compressed.pt"
     state = {k: v.detach().to("cpu", torch.float16 if size == "full" else torch.float32).contiguous()
              for k, v in model.state_dict().items()}
