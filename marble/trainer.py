@@ -10,6 +10,12 @@ One iteration, top to bottom (ALGORITHM.md section 1):
    (Eq. 2) - one backward of the balancer's mix (amortized, Proposition 1), or K per-reward
    backward passes when the balancer refreshes (Eqs. 4-8) - then grad clip and AdamW;
 5. soft-update the old adapter (1.8); log diagnostics (section 3); checkpoint; evaluate.
+
+Data parallel (marble/distributed.py): each rank rolls out and scores its block of the global
+micro-batches, scores are gathered so every rank normalizes the whole batch, each rank trains on
+its own samples of every optimizer step, and gradients are summed across ranks before the
+balancer (refresh steps) or the optimizer (amortized steps). Single-process, every collective is
+the identity.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import torch
 from marble.advantages import AdvantageNormalizer
 from marble.checkpoint import atomic_write_text, latest_checkpoint, list_checkpoints, write_checkpoint
 from marble.config import RunConfig, to_yaml, validate_components
+from marble.distributed import Distributed, mix_seed, shard
 from marble.errors import MarbleError, RewardError
 from marble.host import get_host
 from marble.nft import kl_loss, nft_branch_losses, optimality_probability
@@ -45,6 +52,12 @@ class TrainBatch:
     t_index: torch.Tensor  # [N, T] indices into ``timesteps``
     timesteps: torch.Tensor  # the sampler's times [S]
     noise_seed: int  # fresh eps per (timestep, micro-batch), drawn from this seed
+    # Data parallel: the global index of each sample (eps then comes from (noise_seed, index,
+    # timestep slot), independent of how samples are split into ranks and micro-batches), and the
+    # valid counts n_k / sample count of the whole optimizer step over all ranks (None: this batch).
+    sample_ids: torch.Tensor | None = None
+    counts: torch.Tensor | None = None
+    size: int | None = None
 
 
 def _select(cond: dict, idx) -> dict:
@@ -66,17 +79,22 @@ class Trainer:
     ``backbone`` and ``rewards`` may be passed in (tests, notebooks); otherwise they are built
     from the config through the plugin host."""
 
-    def __init__(self, cfg: RunConfig, *, backbone=None, rewards: list | None = None, eval_rewards: list | None = None):
+    def __init__(self, cfg: RunConfig, *, backbone=None, rewards: list | None = None, eval_rewards: list | None = None,
+                 dist: Distributed | None = None):
         self.cfg = cfg
         t = cfg.train
         host = get_host()
         args = validate_components(cfg, host)
         self.components = self._component_versions(host)
+        # Under accelerate launch / torchrun: join the process group (marble/distributed.py).
+        self.dist = dist if dist is not None else Distributed.from_env()
         torch.manual_seed(t.seed)
         if backbone is None:
-            backbone = host.get("backbone", cfg.backbone.name).spec.build(args["backbone"])
+            spec = host.get("backbone", cfg.backbone.name).spec
+            backbone = self.dist.first_on_each_node(lambda: spec.build(args["backbone"]), "the backbone build")
         self.backbone = backbone
         self.device = backbone.device
+        self._check_device()
         self.reward_names = [r.name for r in cfg.rewards]
         self.reward_weights = [float(r.weight) for r in cfg.rewards]
         if rewards is None:
@@ -105,6 +123,24 @@ class Trainer:
         self.run_dir = cfg.output_dir
         self._writer = None
 
+    def _check_device(self) -> None:
+        d = self.dist
+        if not d.enabled:
+            return
+        if self.device.type == "cuda" and self.device.index not in (None, torch.cuda.current_device()):
+            raise MarbleError(
+                f"rank {d.rank} runs its backbone on {self.device}, but this process owns "
+                f"cuda:{torch.cuda.current_device()}; set backbone.args.device: auto under a distributed launch")
+        t = self.cfg.train
+        n = t.prompts_per_iteration * t.group_size
+        blocks = math.ceil(n / t.micro_batch)
+        if blocks < d.world_size:
+            raise MarbleError(
+                f"{d.world_size} processes but only {blocks} rollout micro-batches per iteration "
+                f"(prompts_per_iteration {t.prompts_per_iteration} x group_size {t.group_size} / micro_batch "
+                f"{t.micro_batch}); every process needs one - raise train.prompts_per_iteration or lower "
+                f"train.micro_batch")
+
     # ------------------------------------------------------------------ run folder
     def _component_versions(self, host) -> list[dict]:
         used = [("backbone", self.cfg.backbone.name), ("balancer", self.cfg.balancer.name)]
@@ -117,6 +153,7 @@ class Trainer:
         return out
 
     def _prepare_run_dir(self) -> int:
+        """Every rank loads the checkpoint on resume; only the main process writes."""
         cfg = self.cfg
         if cfg.resume:
             self.run_dir = cfg.resume
@@ -126,8 +163,10 @@ class Trainer:
                 raise MarbleError(
                     f"output_dir {self.run_dir} already holds a run with checkpoints; resume it with "
                     f"resume={self.run_dir}, or choose another output_dir")
-            os.makedirs(self.run_dir, exist_ok=True)
             start = 0
+        if not self.dist.is_main:
+            return start
+        os.makedirs(self.run_dir, exist_ok=True)
         atomic_write_text(os.path.join(self.run_dir, "config.yaml"), to_yaml(cfg))
         import marble
 
@@ -187,29 +226,59 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> dict:
+        """The loop. Evaluation, logs, the progress bar and checkpoints belong to the main process;
+        the phases that do not communicate run under ``dist.guard`` so that an error on one rank
+        stops every rank with that error named."""
         t = self.cfg.train
-        start = self._prepare_run_dir()
-        from tqdm.auto import tqdm
+        main = self.dist.is_main
+        with self.dist.recording_failures():
+            with self.dist.guard("the run folder set-up"):
+                start = self._prepare_run_dir()
+            self._sync_weights()
+            from tqdm.auto import tqdm
 
-        last: dict = {}
-        if start == 0 and self._eval_enabled():
-            self._log(self.evaluate(0))
-        bar = tqdm(range(start, t.iterations), initial=start, total=t.iterations, desc="marble",
-                   disable=not t.progress, dynamic_ncols=True)
-        for it in bar:
-            self.iteration = it
-            last = self.train_iteration(it)
-            done = it + 1
-            if self._eval_enabled() and (done == t.iterations or (t.eval_every and done % t.eval_every == 0)):
-                last.update(self.evaluate(done))
-            self._log(last)
-            bar.set_postfix_str(self._postfix(last))
-            if done == t.iterations or (t.save_every and done % t.save_every == 0):
-                self._save(done)
-        self._export_lora()
-        if self._writer is not None:
-            self._writer.close()
+            last: dict = {}
+            with self.dist.guard("the first evaluation"):
+                if main and start == 0 and self._eval_enabled():
+                    self._log(self.evaluate(0))
+            bar = tqdm(range(start, t.iterations), initial=start, total=t.iterations, desc="marble",
+                       disable=not (t.progress and main), dynamic_ncols=True)
+            for it in bar:
+                self.iteration = it
+                last = self.train_iteration(it)
+                done = it + 1
+                with self.dist.guard(f"the evaluation, log or checkpoint of iteration {done}"):
+                    if main:
+                        if self._eval_enabled() and (done == t.iterations or (t.eval_every and done % t.eval_every == 0)):
+                            last.update(self.evaluate(done))
+                        self._log(last)
+                        bar.set_postfix_str(self._postfix(last))
+                        if done == t.iterations or (t.save_every and done % t.save_every == 0):
+                            self._save(done)
+            with self.dist.guard("the LoRA export"):
+                if main:
+                    self._export_lora()
+            if self._writer is not None:
+                self._writer.close()
         return last
+
+    def _sync_weights(self) -> None:
+        """As DDP does at start: every rank takes the main process's trained and old adapters."""
+        if not self.dist.enabled:
+            return
+        for which in ("trained", "old"):
+            state = self.backbone.adapter_state(which)
+            self.dist.broadcast_(list(state.values()))
+            self.backbone.load_adapter_state(which, state)
+
+    def _check_in_sync(self) -> None:
+        """Verify (not assume) that the ranks' trained adapters are still bit-identical."""
+        if self.dist.enabled:
+            with torch.no_grad():
+                flat_p = torch.cat([p.detach().reshape(-1).to(torch.float64) for p in self.params])
+                summary = torch.stack([flat_p.sum(), flat_p.square().sum(), flat_p.abs().max()])
+            self.dist.check_same(summary, f"the trained parameters after step {self.step} (sum, sum of "
+                                 "squares, max abs)", "The ranks' updates diverged.")
 
     def _eval_enabled(self) -> bool:
         return bool(self.cfg.eval_prompts or self.cfg.eval_rewards or self.cfg.train.eval_every)
@@ -262,29 +331,45 @@ class Trainer:
         return scores, mask
 
     def rollout(self, it: int):
+        """Roll out and score this rank's block of the global micro-batches; gather the scores.
+
+        Returns this rank's latents and cond (global samples ``samples``), the timesteps, and the
+        group ids, scores and masks of the whole global batch (identical on every rank)."""
         t = self.cfg.train
         prompts = self.sampler.draw(t.prompts_per_iteration, it)
         texts = [p.text for p in prompts]
-        cond_p = self.backbone.encode_prompts(texts)
-        G = t.group_size
+        G, mb = t.group_size, t.micro_batch
         index = torch.arange(len(prompts)).repeat_interleave(G)
-        cond = {k: v.repeat_interleave(G, dim=0) for k, v in cond_p.items()}
-        all_texts = [texts[i] for i in index.tolist()]
-        metas = [dict(prompts[i].metadata) for i in index.tolist()]
-        gen = torch.Generator().manual_seed(t.seed * 7919 + it)
+        N, K = len(index), len(self.rewards)
+        blocks = shard(math.ceil(N / mb), self.dist.world_size, self.dist.rank)
+        samples = range(blocks.start * mb, min(blocks.stop * mb, N))  # this rank's global samples
+        mine = index[samples.start:samples.stop]
+        used = sorted(set(mine.tolist()))  # encode only this rank's prompts (embeddings are batch-independent)
+        cond_p = self.backbone.encode_prompts([texts[i] for i in used])
+        pos = {p: j for j, p in enumerate(used)}
+        rows = torch.tensor([pos[i] for i in mine.tolist()])
+        cond = {k: v[rows.to(v.device)] for k, v in cond_p.items()}
+        all_texts = [texts[i] for i in mine.tolist()]
+        metas = [dict(prompts[i].metadata) for i in mine.tolist()]
         latents, timesteps = [], None
-        K = len(self.rewards)
-        scores = torch.zeros(len(index), K, dtype=torch.float64)
-        masks = torch.zeros(len(index), K, dtype=torch.bool)
-        for lo in range(0, len(index), t.micro_batch):
-            sl = slice(lo, lo + t.micro_batch)
-            ro = self.backbone.sample(_select(cond, sl), num_steps=t.num_steps, generator=gen, adapter="old",
-                                      guidance_scale=t.guidance_scale, sampler=t.sampler)
-            latents.append(ro.latents)
-            timesteps = ro.timesteps
-            for k, (reward, name) in enumerate(zip(self.rewards, self.reward_names)):
-                s, m = self._score(reward, name, ro.images, all_texts[sl], metas[sl])
-                scores[sl, k], masks[sl, k] = s, m
+        scores = torch.zeros(N, K, dtype=torch.float64)
+        masks = torch.zeros(N, K, dtype=torch.float64)
+        with self.dist.guard(f"the rollout of iteration {it + 1}"):
+            for m in blocks:
+                sl = slice(m * mb - samples.start, (m + 1) * mb - samples.start)
+                gl = slice(m * mb, min((m + 1) * mb, N))
+                # One seed per global micro-batch: an image does not depend on the number of ranks.
+                gen = torch.Generator().manual_seed(mix_seed(t.seed, 7919, it, m))
+                ro = self.backbone.sample(_select(cond, sl), num_steps=t.num_steps, generator=gen, adapter="old",
+                                          guidance_scale=t.guidance_scale, sampler=t.sampler)
+                latents.append(ro.latents)
+                timesteps = ro.timesteps
+                for k, (reward, name) in enumerate(zip(self.rewards, self.reward_names)):
+                    s, m_ = self._score(reward, name, ro.images, all_texts[sl], metas[sl])
+                    scores[gl, k], masks[gl, k] = s, m_.to(torch.float64)
+        # Every rank normalizes the whole batch (Eq. 3): an exact sum of the zero-padded blocks.
+        scores = self.dist.all_reduce_sum(scores)
+        masks = self.dist.all_reduce_sum(masks) > 0.5
         # A source's reward list and the stage schedule mask rewards out, on top of their own masks.
         for k, name in enumerate(self.reward_names):
             for i, pi in enumerate(index.tolist()):
@@ -293,7 +378,7 @@ class Trainer:
                     masks[i, k] = False
         active = self.active_rewards(it)
         masks[:, [k for k, a in enumerate(active) if not a]] = False
-        return torch.cat(latents), cond, timesteps.to(self.device), index, scores, masks
+        return torch.cat(latents), cond, timesteps.to(self.device), index, scores, masks, samples
 
     def advantages(self, scores, masks, groups) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Eq. 3 per reward (or once for the raw weighted sum), then r = 1/2 + clip(A)/(2 A_max)."""
@@ -323,12 +408,15 @@ class Trainer:
         returns (flat gradient [D], flat KL gradient or None, logs).
         ``weights`` None: K backward passes; returns ([K, D] per-reward gradients, KL gradient, logs).
         loss_k = mean over reward k's valid samples and the T timesteps of l(r_k) (Eq. 2); a
-        masked-out sample contributes to no reward's term."""
+        masked-out sample contributes to no reward's term. With ``batch.counts`` (data parallel)
+        the means are over the whole optimizer step on all ranks: this rank's gradient is then a
+        partial sum, and the sum over ranks is the single-process gradient."""
         t = self.cfg.train
         N, K = batch.r.shape
         T = batch.t_index.shape[1]
         dtype = self.params[0].dtype
-        counts = batch.valid.sum(0).to(torch.float64)  # n_k
+        counts = (batch.valid.sum(0) if batch.counts is None else batch.counts).to(torch.float64)  # n_k
+        size = N if batch.size is None else batch.size
         scale = t.a_max / t.beta  # DiffusionNFT's A_max / beta
         # Per-sample, per-reward coefficients of the two branches: m_ik r_ik / (n_k T), m_ik (1 - r_ik) / (n_k T).
         inv = torch.where(counts > 0, 1.0 / (counts.clamp(min=1) * T), torch.zeros_like(counts))
@@ -342,7 +430,8 @@ class Trainer:
                 p.grad = None
         else:
             grad = torch.zeros(K, sum(p.numel() for p in self.params), dtype=dtype, device=self.device)
-        kl_grad = None
+        # zeros (not None) with a KL term, so that a rank without samples in this step still reduces it
+        kl_grad = torch.zeros_like(grad[0]) if weights is None and t.kl_coef > 0 else None
         logs = {"loss": torch.zeros(K, dtype=torch.float64), "kl": 0.0}
         gen = torch.Generator().manual_seed(batch.noise_seed)
         mb = t.micro_batch
@@ -350,7 +439,7 @@ class Trainer:
             for lo in range(0, N, mb):
                 idx = torch.arange(lo, min(lo + mb, N))
                 x0 = batch.latents[idx]
-                eps = torch.randn(x0.shape, generator=gen, dtype=torch.float32).to(x0.device, x0.dtype)
+                eps = self._noise(batch, idx, j, gen, x0)
                 tt = batch.timesteps[batch.t_index[idx, j]].to(x0.dtype)
                 tb = tt.view(-1, *([1] * (x0.dim() - 1)))
                 x_t = (1 - tb) * x0 + tb * eps  # ALGORITHM.md 1.5
@@ -365,7 +454,7 @@ class Trainer:
                 logs["loss"] += scale * ((cp_mb * lp.detach()[:, None] + cn_mb * ln.detach()[:, None]).sum(0)) * inv
                 kl = None
                 if v_ref is not None:
-                    kl = kl_loss(v, v_ref).to(torch.float64).sum() / (N * T)  # outside any balancing
+                    kl = kl_loss(v, v_ref).to(torch.float64).sum() / (size * T)  # outside any balancing
                     logs["kl"] += float(kl.detach())
                 dev = lp.device
                 if weights is not None:
@@ -387,6 +476,18 @@ class Trainer:
             grad = flat([p.grad for p in self.params], self.params)
         return grad, kl_grad, logs
 
+    @staticmethod
+    def _noise(batch: TrainBatch, idx: torch.Tensor, j: int, gen: torch.Generator, x0: torch.Tensor) -> torch.Tensor:
+        """Fresh eps for timestep slot j of the samples ``idx``: one draw per micro-batch from the
+        batch's stream, or (``sample_ids`` given) one seed per (sample, slot), which makes the noise
+        independent of how the samples are split into ranks and micro-batches."""
+        if batch.sample_ids is None:
+            eps = torch.randn(x0.shape, generator=gen, dtype=torch.float32)
+        else:
+            eps = torch.stack([torch.randn(x0.shape[1:], dtype=torch.float32, generator=gen.manual_seed(
+                mix_seed(batch.noise_seed, int(batch.sample_ids[i]), j))) for i in idx.tolist()])
+        return eps.to(x0.device, x0.dtype)
+
     def _set_grad(self, direction: torch.Tensor) -> None:
         off = 0
         for p in self.params:
@@ -395,19 +496,33 @@ class Trainer:
             off += n
 
     def optimizer_step(self, batch: TrainBatch) -> dict:
-        """Gradients (amortized or per-reward), balance, clip, AdamW."""
+        """Gradients (amortized or per-reward), summed over ranks, balance, clip, AdamW."""
         t = self.cfg.train
+        dist = self.dist
         logs: dict = {}
         if self.balancer.wants_gradients(self.step):
-            grads, kl_grad, lg = self.gradients(batch, None)
+            with dist.guard(f"the per-reward gradients of step {self.step}"):
+                grads, kl_grad, lg = self.gradients(batch, None)
+            if dist.enabled:  # ALGORITHM.md 2.2.1: all-reduce every g_k (and the KL gradient) before the QP
+                both = self.dist.all_reduce_sum(torch.cat([grads, kl_grad[None]]) if kl_grad is not None else grads)
+                grads, kl_grad = (both[:-1], both[-1]) if kl_grad is not None else (both, None)
             direction, diag = self.balancer.combine(grads, self.step)  # Eqs. 4-8
+            alpha = [diag[f"alpha/{n}"] for n in self.reward_names if f"alpha/{n}" in diag]
+            dist.check_same(torch.tensor(alpha, dtype=torch.float64), f"MARBLE's alpha at step {self.step}",
+                            "The per-reward gradients were all-reduced, so the QP solver is not deterministic.")
             if kl_grad is not None:
                 direction = direction + kl_grad  # Eq. 8: KL outside the balancing
             self._set_grad(direction)
             logs.update(diag)
             logs["refresh"] = 1
         else:
-            _, _, lg = self.gradients(batch, self.balancer.mix_weights(self.step))
+            with dist.guard(f"the gradient of step {self.step}"):
+                grad, _, lg = self.gradients(batch, self.balancer.mix_weights(self.step))
+            if dist.enabled:  # one all-reduce of the flat gradient, as DDP would do
+                self._set_grad(dist.all_reduce_sum(grad))
+        if dist.enabled:  # the logged loss terms were partial sums too
+            lg["loss"] = dist.all_reduce_sum(lg["loss"])
+            lg["kl"] = float(dist.all_reduce_sum(torch.tensor([lg["kl"]], dtype=torch.float64))[0])
         logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, t.max_grad_norm))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -418,7 +533,7 @@ class Trainer:
     def train_iteration(self, it: int) -> dict:
         t = self.cfg.train
         t0 = time.perf_counter()
-        latents, cond, timesteps, groups, scores, masks = self.rollout(it)
+        latents, cond, timesteps, groups, scores, masks, samples = self.rollout(it)
         t1 = time.perf_counter()
         metrics: dict = {"iteration": it + 1}
         for k, n in enumerate(self.reward_names):
@@ -427,8 +542,8 @@ class Trainer:
             metrics[f"reward/{n}/masked_frac"] = float(1 - m.double().mean())
         r, valid, stats = self.advantages(scores, masks, groups)
         metrics.update(stats)
-        # ALGORITHM.md 1.5: per sample, T of the sampler's own timesteps, shuffled.
-        N = latents.shape[0]
+        # ALGORITHM.md 1.5: per sample, T of the sampler's own timesteps, shuffled (global, every rank).
+        N = groups.shape[0]
         S = timesteps.shape[0]
         T = t.timesteps_per_sample or S
         gen = torch.Generator().manual_seed(t.seed * 104729 + it)
@@ -437,11 +552,14 @@ class Trainer:
         chunks = order.chunk(t.optimizer_steps)
         losses = torch.zeros(r.shape[1], dtype=torch.float64)
         kl = 0.0
-        for c, idx in enumerate(chunks):
-            dev_idx = idx.to(latents.device)
-            batch = TrainBatch(latents[dev_idx], _select(cond, idx.to(next(iter(cond.values())).device)),
+        for c, chunk in enumerate(chunks):
+            # This rank trains on its own samples of the step; the loss means use the step's global counts.
+            idx = chunk[(chunk >= samples.start) & (chunk < samples.stop)]
+            local = idx - samples.start
+            batch = TrainBatch(latents[local.to(latents.device)], _select(cond, local.to(next(iter(cond.values())).device)),
                                r[idx], valid[idx], t_index[idx], timesteps,
-                               noise_seed=(t.seed * 1_000_003 + it) * 131 + c)
+                               noise_seed=(t.seed * 1_000_003 + it) * 131 + c,
+                               sample_ids=idx, counts=valid[chunk].sum(0), size=len(chunk))
             logs = self.optimizer_step(batch)
             losses += logs.pop("_loss")
             kl += logs.pop("kl")
@@ -449,6 +567,7 @@ class Trainer:
         # ALGORITHM.md 1.8: old-policy soft update after the optimizer steps.
         eta = old_update_eta(self.step, t.old_update.rate, t.old_update.max, t.old_update.delay)
         self.backbone.soft_update_old(eta)
+        self._check_in_sync()
         loss_names = ["weighted_sum"] if self.balancer.raw_mix else self.reward_names
         for n, v in zip(loss_names, losses.tolist()):
             metrics[f"loss/{n}"] = v / len(chunks)
