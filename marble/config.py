@@ -133,13 +133,13 @@ def _schema_at(path: list[str], root: type = RunConfig) -> type | None:
 
 def _translate(exc: Exception, prefix: str = "", schema: type = RunConfig) -> ConfigError:
     """Turn an OmegaConf validation error into a ConfigError naming key, value, allowed."""
-    key = getattr(exc, "full_key", None) or ""
-    key = f"{prefix}.{key}" if prefix and key else (prefix or key)
+    rel = getattr(exc, "full_key", None) or ""  # relative to ``schema``
+    key = f"{prefix}.{rel}" if prefix and rel else (prefix or rel)
     msg = str(exc).split("\n")[0]
     if isinstance(exc, oc_errors.ConfigKeyError) or "not in struct" in msg or "Key '" in msg and "not in" in msg:
-        bad = key.rsplit(".", 1)[-1]
-        parent = key.rsplit(".", 1)[0] if "." in key else ""
-        ptype = _schema_at([p for p in parent.replace("[", ".").replace("]", "").split(".") if p][len(prefix.split(".")) if prefix else 0:], schema) if parent or not prefix else schema
+        bad = rel.rsplit(".", 1)[-1]
+        parent = rel.rsplit(".", 1)[0] if "." in rel else ""
+        ptype = _schema_at([p for p in parent.replace("[", ".").replace("]", "").split(".") if p], schema)
         allowed = _fields_of(ptype) if ptype is not None else []
         hint = difflib.get_close_matches(bad, allowed, n=1)
         text = f"unknown key {bad!r}"

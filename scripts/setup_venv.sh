@@ -27,8 +27,16 @@ fi
 
 echo "[setup] preparing $venv (first run or changed dependencies)" >&2
 [ -x "$venv/bin/python" ] || "$PY" -m venv "$venv"
-pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
-"${pip[@]}" $TORCH_PINS
+log="$venv/pip-install.log"
+: > "$log"
+pip_install() {  # quiet on success; the log's tail on failure
+  if ! "$venv/bin/python" -m pip install --disable-pip-version-check "$@" >>"$log" 2>&1; then
+    grep -v "is ignored: it is neither" "$log" | tail -30 >&2
+    echo "[setup] pip install failed; full log: $log" >&2
+    exit 1
+  fi
+}
+pip_install $TORCH_PINS
 extras=()
 for p in $PLUGINS; do
   [ -f "$p/pyproject.toml" ] || continue
@@ -37,6 +45,6 @@ for p in $PLUGINS; do
     *) extras+=("-e" "./$p") ;;
   esac
 done
-"${pip[@]}" $TORCH_PINS -e ".[test]" "${extras[@]}"
+pip_install $TORCH_PINS -e ".[test]" "${extras[@]}"
 echo "$stamp_now" > "$stamp_file"
 echo "[setup] done" >&2
