@@ -158,3 +158,34 @@ def test_cli_train_and_bad_resume(plugin, tmp_path, capsys):
     assert os.path.isdir(tmp_path / "cli" / "lora")
     code = main(["train", str(path), f"resume={tmp_path / 'nothing-here'}"])
     assert code == 2 and "no complete checkpoint" in capsys.readouterr().err
+
+
+def test_stages_and_eval_only_rewards(plugin, tmp_path):
+    """A sequential schedule of reward sets masks the inactive reward out; eval_rewards are scored
+    at evaluation only and never trained on."""
+    data = config(tmp_path, "stages", iterations=3, eval_every=3, save_every=0, optimizer_steps=1)
+    data["rewards"] = [{"name": "redness"}, {"name": "brightness_t"}]
+    data["prompts"] = [{"texts": ["a bright red apple", "a bright field"]}]
+    data["eval_rewards"] = [{"name": "brightness_t"}]
+    data["train"]["stages"] = [{"start": 0, "rewards": ["redness"]}, {"start": 2, "rewards": ["redness", "brightness_t"]}]
+    Trainer(load_config(None, data=data)).train()
+    lines = read_metrics(data["output_dir"])
+    train = [m for m in lines if "reward/redness/mean" in m]
+    assert [m["reward/brightness_t/masked_frac"] for m in train] == [1.0, 1.0, 0.0]
+    assert [m["reward/redness/masked_frac"] for m in train] == [0.0, 0.0, 0.0]
+    # while brightness is inactive it has no gradient: MARBLE leaves it out (alpha 0)
+    assert train[0]["alpha/brightness_t"] == 0.0 and train[0]["alpha/redness"] == 1.0
+    evals = [m for m in lines if "eval/brightness_t/mean" in m]
+    assert [m["iteration"] for m in evals] == [0, 3]
+
+
+def test_eval_rewards_are_not_trained_on(plugin, tmp_path):
+    data = config(tmp_path, "evalonly", iterations=1, eval_every=1, save_every=0)
+    data["rewards"] = [{"name": "redness"}]
+    data["eval_rewards"] = [{"name": "brightness_t"}]
+    trainer = Trainer(load_config(None, data=data))
+    assert trainer.reward_names == ["redness"] and trainer.eval_names == ["brightness_t"]
+    trainer.train()
+    lines = read_metrics(data["output_dir"])
+    assert all("reward/brightness_t/mean" not in m for m in lines)
+    assert any("eval/brightness_t/mean" in m for m in lines) and any("eval/redness/mean" in m for m in lines)
