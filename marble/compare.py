@@ -1,0 +1,155 @@
+"""``marble compare``: several balancers x several seeds on one config, one table.
+
+Each (balancer, seed) trains with the same config, budget and prompts; the table shows, for every
+reward, the base model's score, each balancer's final score (mean over seeds with a 95%
+confidence interval) and the worst-reward improvement over the base.
+
+The "final score" of a run is its last evaluation (``eval/<name>/mean``: fixed held-out prompts,
+fixed noise) when the config evaluates, else the mean training reward over the last quarter of
+iterations. The base score is the evaluation before training (iteration 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+
+# two-sided 95% Student t quantiles, by degrees of freedom
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
+        10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}
+
+
+def t95(df: int) -> float:
+    if df in _T95:
+        return _T95[df]
+    keys = sorted(_T95)
+    return next((_T95[k] for k in keys if k >= df), 1.96)
+
+
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95% interval (nan with one value)."""
+    vals = [v for v in values if v == v]
+    if not vals:
+        return float("nan"), float("nan")
+    m = statistics.fmean(vals)
+    if len(vals) < 2:
+        return m, float("nan")
+    return m, t95(len(vals) - 1) * statistics.stdev(vals) / math.sqrt(len(vals))
+
+
+def read_metrics(run_dir: str) -> list[dict]:
+    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def final_scores(lines: list[dict], names: list[str]) -> tuple[dict, dict]:
+    """(base, final) per reward from one run's metrics."""
+    evals = [m for m in lines if any(f"eval/{n}/mean" in m for n in names)]
+    if evals:
+        base = {n: evals[0].get(f"eval/{n}/mean", float("nan")) for n in names} if evals[0]["iteration"] == 0 else {}
+        last = evals[-1]
+        return base, {n: last.get(f"eval/{n}/mean", float("nan")) for n in names}
+    train = [m for m in lines if any(f"reward/{n}/mean" in m for n in names)]
+    tail = train[-max(1, len(train) // 4):]
+    head = train[:max(1, len(train) // 4)]
+    fin = {n: statistics.fmean(m[f"reward/{n}/mean"] for m in tail if m.get(f"reward/{n}/mean") == m.get(f"reward/{n}/mean")) for n in names}
+    base = {n: statistics.fmean(m[f"reward/{n}/mean"] for m in head if m.get(f"reward/{n}/mean") == m.get(f"reward/{n}/mean")) for n in names}
+    return base, fin
+
+
+def summarize(runs: dict[str, dict[int, str]], names: list[str]) -> dict:
+    """runs: balancer -> seed -> run folder. Returns the table data."""
+    base_vals: dict[str, list[float]] = {n: [] for n in names}
+    table: dict[str, dict] = {}
+    for bal, seeds in runs.items():
+        finals = {n: [] for n in names}
+        worst = []
+        for seed, run in sorted(seeds.items()):
+            base, fin = final_scores(read_metrics(run), names)
+            for n in names:
+                finals[n].append(fin[n])
+                if base:
+                    base_vals[n].append(base[n])
+            if base:
+                worst.append(min(fin[n] - base[n] for n in names))
+        table[bal] = {"final": {n: mean_ci(finals[n]) for n in names}, "worst_gain": mean_ci(worst),
+                      "per_seed": finals}
+    return {"base": {n: mean_ci(base_vals[n]) for n in names}, "balancers": table}
+
+
+def format_table(summary: dict, names: list[str]) -> str:
+    bals = list(summary["balancers"])
+    head = ["reward", "base"] + bals
+    rows = []
+
+    def fmt(mc):
+        m, ci = mc
+        return f"{m:.4g}" if ci != ci else f"{m:.4g} ± {ci:.2g}"
+
+    for n in names:
+        rows.append([n, fmt(summary["base"][n])] + [fmt(summary["balancers"][b]["final"][n]) for b in bals])
+    rows.append(["worst-reward gain", ""] + [fmt(summary["balancers"][b]["worst_gain"]) for b in bals])
+    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
+    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += ["| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from marble.config import load_config, validate_components
+
+    balancers = [b for b in args.balancers.split(",") if b]
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    base_cfg = load_config(args.config, list(args.overrides))
+    names = [r.name for r in base_cfg.rewards] + [r.name for r in base_cfg.eval_rewards]
+    out = args.out or os.path.join(base_cfg.output_dir + "-compare")
+    plan: dict[str, dict[int, str]] = {}
+    configs = []
+    for bal in balancers:  # validate everything before training anything
+        for seed in seeds:
+            run_dir = os.path.join(out, f"{bal}-seed{seed}")
+            ov = list(args.overrides) + [f"balancer.name={bal}", f"train.seed={seed}", f"output_dir={run_dir}"]
+            cfg = load_config(args.config, ov)
+            if bal != base_cfg.balancer.name:
+                cfg.balancer.args = {}  # the config's args belong to its own balancer: use defaults
+            validate_components(cfg)
+            configs.append(cfg)
+            plan.setdefault(bal, {})[seed] = run_dir
+    from marble.checkpoint import list_checkpoints
+    from marble.cli import _quiet_libraries
+    from marble.trainer import Trainer
+
+    _quiet_libraries(args.debug)
+    for cfg in configs:
+        if os.path.isdir(os.path.join(cfg.output_dir, "lora")):  # written last: the run is complete
+            print(f"[compare] {cfg.output_dir} is complete, reusing it", file=sys.stderr)
+            continue
+        if list_checkpoints(cfg.output_dir):
+            cfg.resume = cfg.output_dir
+        print(f"[compare] {cfg.balancer.name} seed {cfg.train.seed} -> {cfg.output_dir}", file=sys.stderr)
+        Trainer(cfg).train()
+    summary = summarize(plan, names)
+    text = format_table(summary, names)
+    print(text)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "compare.md"), "w", encoding="utf-8") as f:
+        f.write(text + "\n")
+    with open(os.path.join(out, "compare.json"), "w", encoding="utf-8") as f:
+        json.dump({"runs": plan, **summary}, f, indent=2)
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("compare", help="several balancers x seeds on one config: a table with 95% intervals",
+                       description=__doc__)
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="key=value overrides applied to every run")
+    p.add_argument("--balancers", default="weighted_sum,marble", help="comma-separated balancer names")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    p.add_argument("--out", default=None, help="folder for the runs and the table (default OUTPUT_DIR-compare)")
+    p.set_defaults(func=run)
