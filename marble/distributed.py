@@ -129,9 +129,10 @@ class Distributed:
         timeout = datetime.timedelta(seconds=float(os.environ.get(ENV_TIMEOUT, "1800")))
         acc = Accelerator(cpu=not torch.cuda.is_available(),
                           kwargs_handlers=[InitProcessGroupKwargs(timeout=timeout)])
-        if acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        sharded = [k for k in ("FSDP", "DEEPSPEED") if os.environ.get(f"ACCELERATE_USE_{k}", "").lower() == "true"]
+        if acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED) or sharded:
             raise ConfigError(
-                f"accelerate is configured for {acc.distributed_type.value}; marble shards nothing "
+                f"accelerate is configured for {sharded[0] if sharded else acc.distributed_type.value}; marble shards nothing "
                 "itself yet - the backbone's three transformer copies (trained, old, reference) would "
                 "each stay whole on every GPU. Launch with a plain multi-GPU config "
                 "(configs/accelerate_1node_8gpu.yaml) and see the README section 'Multi-GPU' for full "
@@ -294,13 +295,11 @@ def launch(config: str, overrides: Sequence[str], num_processes: int, *, debug: 
                           f"use at most one process per GPU (CUDA_VISIBLE_DEVICES selects them)")
     errors = tempfile.mkdtemp(prefix="marble-launch-")
     child = list(entry) if entry is not None else ["-m", "marble.cli"]
-    if child and child[0] == "-m":
-        target = ["-m", *child[1:]]
-    else:
-        target = list(child)
+    # --multi_gpu selects accelerate's torch.distributed launcher (torchrun's elastic agent, which
+    # stops the other processes when one fails); without CUDA the processes then use gloo.
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n),
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()), *target]
+           "--main_process_port", str(_free_port()), *child]
     cmd += (["--debug"] if debug else []) + ["train", config, *overrides]
     env = dict(os.environ)
     env[ENV_ERROR_DIR] = errors

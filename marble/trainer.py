@@ -274,10 +274,13 @@ class Trainer:
     def _check_in_sync(self) -> None:
         """Verify (not assume) that the ranks' trained adapters are still bit-identical."""
         if self.dist.enabled:
+            total, squares, largest = 0.0, 0.0, 0.0
             with torch.no_grad():
-                flat_p = torch.cat([p.detach().reshape(-1).to(torch.float64) for p in self.params])
-                summary = torch.stack([flat_p.sum(), flat_p.square().sum(), flat_p.abs().max()])
-            self.dist.check_same(summary, f"the trained parameters after step {self.step} (sum, sum of "
+                for p in self.params:  # one parameter at a time (full fine-tunes are large)
+                    q = p.detach().to(torch.float64)
+                    total, squares = total + float(q.sum()), squares + float(q.square().sum())
+                    largest = max(largest, float(q.abs().max()))
+            self.dist.check_same(torch.tensor([total, squares, largest], dtype=torch.float64), f"the trained parameters after step {self.step} (sum, sum of "
                                  "squares, max abs)", "The ranks' updates diverged.")
 
     def _eval_enabled(self) -> bool:
