@@ -60,6 +60,8 @@ class DiffusersFlowBackbone(Backbone):
     #: the components the backbone needs from the folder (model subfolders and the rest)
     required_models: tuple = ()
     required_other: tuple = ()
+    #: ModuleList attributes of the transformer holding its repeated blocks (regional compilation)
+    repeated_block_lists: tuple = ("transformer_blocks", "single_transformer_blocks")
 
     # ------------------------------------------------------------------ construction
     def __init__(self, args: Any):
@@ -106,6 +108,10 @@ class DiffusersFlowBackbone(Backbone):
         enc_device = torch.device("cpu") if args.offload_encoders else self.device
         for module in self._text_encoders() + [self.vae]:
             module.to(enc_device)
+
+        # 3. The fast path (fast.py): switchable LoRA + regional compilation of the blocks.
+        self._switch = None
+        self.compiled = self._setup_compile()
 
         self._cache: OrderedDict[str, dict] = OrderedDict()
         self._pinned: dict[str, dict] = {}
@@ -290,6 +296,31 @@ class DiffusersFlowBackbone(Backbone):
             p.requires_grad_(True)
         self._grad_flags = [(p, p.requires_grad) for p in self.transformer.parameters()]
 
+    def _setup_compile(self) -> bool:
+        """``compile`` arg: "auto" (on with CUDA), "true", "false". On: every LoRA layer gets the
+        switchable forward (adapter switches rebind tensors, no recompilation; LoRA computed in
+        the model dtype from fp32 masters) and every repeated transformer block is compiled."""
+        from marble_diffusers.fast import LoRASwitch, compile_blocks, repeated_blocks, resolve_compile
+
+        try:
+            on = resolve_compile(getattr(self.args, "compile", "false"), self.device)
+        except ValueError as e:
+            raise self._err(str(e), "set compile to auto, true or false") from e
+        if not on:
+            return False
+        if not self.args.full_finetune:
+            try:
+                self._switch = LoRASwitch(self._lora_layers, dict(_PEFT_NAME), self.dtype, self.device)
+            except ValueError as e:
+                raise self._err(f"cannot use the compiled fast path: {e}", "set compile: false") from e
+        models = [self.transformer] + [m for m in (self._old_model, self._ref_model) if m is not None]
+        blocks = [b for m in models for b in repeated_blocks(m, self.repeated_block_lists)]
+        if not blocks:
+            raise self._err(f"found no repeated blocks ({', '.join(self.repeated_block_lists)}) to compile "
+                            f"in {type(self.transformer).__name__}", "set compile: false")
+        self.compiled_blocks = compile_blocks(blocks)
+        return True
+
     def _setup_full_finetune(self) -> None:
         self._lora_layers = []
         self._old_model = copy.deepcopy(self.transformer)
@@ -310,6 +341,11 @@ class DiffusersFlowBackbone(Backbone):
             raise self._err(f"unknown adapter {adapter!r}", f"use one of {list(ADAPTERS)}")
         if self.args.full_finetune:
             return {"trained": self.transformer, "old": self._old_model, "reference": self._ref_model}[adapter]
+        if self._switch is not None:  # fast path: rebind tensors, peft's state is not consulted
+            if adapter != self._mode:
+                self._switch.select(adapter)
+                self._mode = adapter
+            return self.transformer
         if adapter != self._mode:
             for layer in self._lora_layers:
                 if adapter == "reference":
@@ -494,9 +530,9 @@ class DiffusersFlowBackbone(Backbone):
         t = shift_time(u, self.scheduler_config, self._image_seq_len())
         return t.to(self.state_dtype)
 
-    def _guided(self, x, t, cond, uncond, adapter, guidance_scale):
+    def _guided(self, x, t: float, cond, uncond, adapter, guidance_scale):
         n = x.shape[0]
-        tt = torch.full((n,), float(t), device=self.device, dtype=self.state_dtype)
+        tt = torch.full((n,), t, device=self.device, dtype=self.state_dtype)
         if uncond is None:
             return self.velocity(x, tt, cond, adapter)
         both = {k: torch.cat([uncond[k], cond[k]]) for k in cond}
@@ -521,18 +557,21 @@ class DiffusersFlowBackbone(Backbone):
         gen_device = generator.device if generator is not None else torch.device("cpu")
         eps = torch.randn(self._noise_shape(n), generator=generator, device=gen_device, dtype=torch.float32)
         x = self._pack(eps).to(self.device, self.state_dtype)
-        ts = self.time_grid(int(num_steps)).to(self.device)
+        # The time grid stays on the CPU: the step sizes are computed there in the state dtype
+        # (the same IEEE arithmetic as on the device) and passed as Python numbers, so the loop
+        # never waits for the device (no host sync per ODE step).
+        ts = self.time_grid(int(num_steps))
         for i in range(int(num_steps)):
             t, s = ts[i], ts[i + 1]
-            v = self._guided(x, t, cond, uncond, adapter, guidance_scale)
+            v = self._guided(x, float(t), cond, uncond, adapter, guidance_scale)
             if sampler == "euler":
-                x = x + (s - t) * v  # first order
+                x = x + float(s - t) * v  # first order
             else:
                 m = 0.5 * (t + s)  # second order: explicit midpoint
-                x_mid = x + (m - t) * v
-                v_mid = self._guided(x_mid, m, cond, uncond, adapter, guidance_scale)
-                x = x + (s - t) * v_mid
-        return Rollout(latents=x, timesteps=ts[:-1].clone(), images=self.decode(x))
+                x_mid = x + float(m - t) * v
+                v_mid = self._guided(x_mid, float(m), cond, uncond, adapter, guidance_scale)
+                x = x + float(s - t) * v_mid
+        return Rollout(latents=x, timesteps=ts[:-1].to(self.device), images=self.decode(x))
 
     @torch.no_grad()
     def decode(self, latents) -> torch.Tensor:

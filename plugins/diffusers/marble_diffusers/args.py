@@ -47,6 +47,10 @@ class SD3Args:
     prompt_cache_size: prompt embeddings kept (CPU, least recently used evicted).
     decode_batch_size: images decoded by the VAE at once.
     tiny_seed: seed of the random weights when ``model == "tiny"``.
+    compile: the fast path (marble_diffusers/fast.py): "auto" (on when the model runs on CUDA),
+        "true" or "false" (eager fallback). On: each repeated transformer block is compiled with
+        torch.compile (regional compilation), adapter switches rebind tensors instead of peft's
+        Python state (no recompiles), and the LoRA runs in the model dtype from fp32 masters.
     """
 
     model: str = "stabilityai/stable-diffusion-3.5-medium"
@@ -66,6 +70,7 @@ class SD3Args:
     prompt_cache_size: int = 1024
     decode_batch_size: int = 8
     tiny_seed: int = 0
+    compile: str = "auto"  # auto | true | false (see SD3Args)
 
 
 @dataclass
@@ -108,6 +113,7 @@ class FluxArgs:
     prompt_cache_size: int = 1024
     decode_batch_size: int = 8
     tiny_seed: int = 0
+    compile: str = "auto"  # auto | true | false (see SD3Args)
 
 
 @dataclass

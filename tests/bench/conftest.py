@@ -1,0 +1,31 @@
+"""Fixtures of the benchmark / fast-path tests: one thread, a private MARBLE_CACHE."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+pytest.importorskip("diffusers")
+pytest.importorskip("peft")
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory):
+    old = os.environ.get("MARBLE_CACHE")
+    path = tmp_path_factory.mktemp("marble_cache")
+    os.environ["MARBLE_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("MARBLE_CACHE", None)
+    else:
+        os.environ["MARBLE_CACHE"] = old
