@@ -35,7 +35,7 @@ def test_tokenizers_grammar_words_whole_quoted_words_spelled():
 def _tiny_pretrain(out, seed):
     from marble_world.pretrain import pretrain
 
-    pretrain(out, seed=seed, vae_steps=2, steps=2, batch=4, vae_batch=2, quiet=True,
+    pretrain(out, seed=seed, vae_steps=2, steps=2, batch=4, vae_batch=2, quiet=True, evaluate_vae=False,
              transformer_overrides={"num_layers": 1})
 
 

@@ -48,7 +48,13 @@ def test_report_files_and_table(tmp_path):
     write_run(tmp_path / "mb", marble=True)
     (tmp_path / "mb" / "grids").mkdir()
     report.save_grid(torch.rand(2, 3, 64, 64), ["a red circle", "two blue squares"], tmp_path / "mb" / "grids" / "after.png")
+    (tmp_path / "ws" / "images").mkdir()
+    for it in (0, 10, 29):  # the trainer's evaluation grids: first and last are copied
+        report.save_grid(torch.rand(1, 3, 64, 64), ["x"], tmp_path / "ws" / "images" / f"eval-{it:06d}.png")
     md = report.build_report([tmp_path / "ws", tmp_path / "mb"], ["weighted sum", "MARBLE"], tmp_path / "out")
+    assert (tmp_path / "out" / "weighted_sum_eval-000000.png").exists()
+    assert (tmp_path / "out" / "weighted_sum_eval-000029.png").exists()
+    assert not (tmp_path / "out" / "weighted_sum_eval-000010.png").exists()
     for f in ("rewards.png", "alpha.png", "diagnostics.png", "summary.md", "MARBLE_after.png"):
         assert (tmp_path / "out" / f).stat().st_size > 300, f
         if f.endswith(".png"):

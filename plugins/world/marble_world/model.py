@@ -39,10 +39,10 @@ VAE_CONFIG = dict(
     out_channels=3,
     down_block_types=("DownEncoderBlock2D",) * 3,
     up_block_types=("UpDecoderBlock2D",) * 3,
-    block_out_channels=(8, 16, 32),
+    block_out_channels=(16, 32, 32),
     layers_per_block=1,
     latent_channels=8,
-    norm_num_groups=8,
+    norm_num_groups=4,
     sample_size=RESOLUTION,
     mid_block_add_attention=False,
 )

@@ -68,6 +68,43 @@ def _lr(step: int, total: int, base: float, warmup: int) -> float:
     return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * prog)))
 
 
+def _foreground(x):
+    """N x 1 x H x W float mask: pixels far (> 0.25 in [0, 1] units) from the border median."""
+    import torch
+
+    border = torch.cat([x[:, :, 0], x[:, :, -1], x[:, :, :, 0], x[:, :, :, -1]], dim=2)
+    bg = border.median(dim=2).values[:, :, None, None]
+    return ((x - bg).abs().amax(dim=1, keepdim=True) > 0.5).float()  # 0.25 in [0, 1] = 0.5 in [-1, 1]
+
+
+def vae_quality(vae, seed: int, size: int = 64, n: int = 128) -> dict:
+    """Reconstruction PSNR and the world rewards on reconstructions of world pictures."""
+    import torch
+
+    from marble_world.prompts import sample_example
+    from marble_world.rewards import ColorReward, CountReward, PositionReward
+    from marble_world.world import render_array
+
+    rng = random.Random(seed + 14)
+    ex = [sample_example(rng, size, 0.25) for _ in range(n)]
+    x = torch.stack([torch.from_numpy(render_array(s)) for _, _, s in ex])
+    with torch.no_grad():
+        rec = ((vae.decode(vae.encode(x * 2 - 1).latent_dist.mean).sample + 1) / 2).clamp(0, 1)
+    out = {"psnr_db": float(10 * torch.log10(1.0 / (rec - x).pow(2).mean()))}
+    prompts, metas = [c for c, _, _ in ex], [m for _, m, _ in ex]
+    for r in (ColorReward(), CountReward(), PositionReward()):
+        o = r.score(rec, prompts, metas)
+        out[r.name] = float(o.scores[o.mask].mean())
+    try:
+        from marble_rewards.ocr import OCRArgs, OCRReward
+
+        o = OCRReward(OCRArgs(num_threads=1)).score(rec, prompts, metas)
+        out["ocr"] = float(o.scores[o.mask].mean())
+    except Exception:
+        pass
+    return out, x, rec, prompts
+
+
 def train_vae(vae, *, steps: int, batch: int, seed: int, lr: float, size: int, log):
     import torch
 
@@ -81,8 +118,11 @@ def train_vae(vae, *, steps: int, batch: int, seed: int, lr: float, size: int, l
             g["lr"] = _lr(step, steps, lr, 20)
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
-        mse = (rec - x).pow(2).mean()
-        loss = mse + 1e-7 * post.kl().mean()
+        err = rec - x
+        mse = err.pow(2).mean()
+        # objects cover ~10% of a picture: weight their pixels 5x so colours are learned early
+        w = 1.0 + 4.0 * _foreground(x)
+        loss = (w * (err.abs() + err.pow(2))).mean() + 1e-7 * post.kl().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -94,10 +134,8 @@ def train_vae(vae, *, steps: int, batch: int, seed: int, lr: float, size: int, l
         mu = vae.encode(x).latent_dist.mean
         shift = float(mu.mean())
         scale = float(1.0 / (mu - shift).std())
-        rec = vae.decode(mu).sample
-        psnr = float(10 * torch.log10(4.0 / (rec.clamp(-1, 1) - x).pow(2).mean()))
     vae.register_to_config(shift_factor=shift, scaling_factor=scale)
-    return {"shift_factor": shift, "scaling_factor": scale, "psnr_db": psnr}
+    return {"shift_factor": shift, "scaling_factor": scale}
 
 
 def train_transformer(pipe, *, steps: int, batch: int, seed: int, lr: float, size: int, msl: int,
@@ -161,10 +199,11 @@ def plot_loss(csv_path: Path, png_path: Path) -> None:
     plt.close(fig)
 
 
-def pretrain(out: str | Path, *, seed: int = 0, vae_steps: int = 300, steps: int = 1200, batch: int = 32,
+def pretrain(out: str | Path, *, seed: int = 0, vae_steps: int = 600, steps: int = 1200, batch: int = 32,
              vae_batch: int = 16, lr: float = 8e-4, vae_lr: float = 2e-3, text_fraction: float = 0.2,
              cfg_drop: float = 0.1, size: int = 64, threads: int = 1, log_every: int = 50,
-             transformer_overrides: dict | None = None, quiet: bool = False):
+             transformer_overrides: dict | None = None, quiet: bool = False,
+             stages: tuple = ("vae", "transformer"), evaluate_vae: bool = True):
     """Train and save the pipeline folder at ``out``; returns the pipeline."""
     import torch
 
@@ -174,7 +213,8 @@ def pretrain(out: str | Path, *, seed: int = 0, vae_steps: int = 300, steps: int
     torch.use_deterministic_algorithms(True)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    csv = open(out / "loss.csv", "w")
+    csv_path = out / ("loss.csv" if "vae" in stages else "loss_transformer.csv")
+    csv = open(csv_path, "w")
     csv.write("phase,step,loss\n")
     t_start = time.time()
     last = {"t": t_start}
@@ -189,11 +229,33 @@ def pretrain(out: str | Path, *, seed: int = 0, vae_steps: int = 300, steps: int
     pipe = model.build_pipeline(seed=seed)
     if transformer_overrides:
         pipe.transformer = model.build_transformer(seed, **transformer_overrides)
-    t0 = time.time()
-    vae_info = train_vae(pipe.vae, steps=vae_steps, batch=vae_batch, seed=seed, lr=vae_lr, size=size, log=log)
-    t_vae = time.time() - t0
-    if not quiet:
-        print(f"vae done in {t_vae:.0f}s: {vae_info}", flush=True)
+    vae_json = out / "pretrain_vae.json"
+    if "vae" in stages:
+        t0 = time.time()
+        vae_info = train_vae(pipe.vae, steps=vae_steps, batch=vae_batch, seed=seed, lr=vae_lr, size=size, log=log)
+        vae_info["seconds"] = round(time.time() - t0, 1)
+        vae_info["steps"], vae_info["batch"], vae_info["lr"] = vae_steps, vae_batch, vae_lr
+        pipe.vae.save_pretrained(out / "vae")
+        if evaluate_vae:
+            q, x, rec, prompts = vae_quality(pipe.vae, seed, size)
+            vae_info["quality"] = q
+            from marble_world.report import save_grid
+
+            save_grid(torch.cat([x[:8], rec[:8]]), prompts[:8] * 2, out / "vae_reconstructions.png", cell=96)
+        vae_json.write_text(json.dumps(vae_info, indent=2) + "\n")
+        if not quiet:
+            print(f"vae done in {vae_info['seconds']:.0f}s: {vae_info}", flush=True)
+    else:
+        from diffusers import AutoencoderKL
+
+        if not vae_json.exists():
+            raise FileNotFoundError(f"stage 'transformer' needs a trained VAE in {out / 'vae'}; run stage 'vae' first")
+        pipe.vae = AutoencoderKL.from_pretrained(out / "vae").eval()
+        vae_info = json.loads(vae_json.read_text())
+    if "transformer" not in stages:
+        csv.close()
+        return pipe
+    t_vae = vae_info["seconds"]
     t0 = time.time()
     train_transformer(pipe, steps=steps, batch=batch, seed=seed, lr=lr, size=size, msl=model.MAX_SEQUENCE_LENGTH,
                       text_fraction=text_fraction, cfg_drop=cfg_drop, log=log)
@@ -208,6 +270,10 @@ def pretrain(out: str | Path, *, seed: int = 0, vae_steps: int = 300, steps: int
         "torch": torch.__version__,
     }
     (out / "pretrain.json").write_text(json.dumps(info, indent=2) + "\n")
+    if "vae" not in stages:  # append the transformer phase to the VAE stage's log
+        with open(out / "loss.csv", "a") as f:
+            f.writelines(csv_path.read_text().splitlines(keepends=True)[1:])
+        csv_path.unlink()
     try:
         plot_loss(out / "loss.csv", out / "loss.png")
     except Exception as e:  # plotting is a nicety; the weights are what matters
@@ -221,13 +287,17 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m marble_world.pretrain", description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--vae-steps", type=int, default=300)
+    ap.add_argument("--vae-steps", type=int, default=600)
     ap.add_argument("--steps", type=int, default=1200)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=8e-4)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--stage", choices=("all", "vae", "transformer"), default="all",
+                    help="train both (default), only the VAE, or only the transformer on the VAE in --out")
     a = ap.parse_args(argv)
-    pretrain(a.out, seed=a.seed, vae_steps=a.vae_steps, steps=a.steps, batch=a.batch, lr=a.lr, threads=a.threads)
+    stages = ("vae", "transformer") if a.stage == "all" else (a.stage,)
+    pretrain(a.out, seed=a.seed, vae_steps=a.vae_steps, steps=a.steps, batch=a.batch, lr=a.lr, threads=a.threads,
+             stages=stages)
     return 0
 
 

@@ -11,8 +11,9 @@ skipped). Written to ``--out``:
 * ``rewards.png``      one panel per reward, every run's mean-reward curve (eval dashed, dots);
 * ``alpha.png``        alpha* (dots, refresh iterations) and alpha-bar (lines) per reward;
 * ``diagnostics.png``  min cosine between per-reward gradients and the update, conflict rate;
-* ``summary.md``       reward x {base, each run} (also printed), plus any image grids found
-                       in the runs' ``grids/`` folders (copied next to it).
+* ``summary.md``       reward x {base, each run} (also printed), plus the runs' image grids
+                       (``grids/*.png``, and the first and last ``images/eval-*.png``),
+                       copied next to it.
 
 ``save_grid(images, prompts, path)`` draws a grid of images with each prompt under its image.
 """
@@ -319,6 +320,15 @@ def save_grid(images: Any, prompts: Sequence[str], path: str | Path, *, ncols: i
 
 # ---------------------------------------------------------------------------- report
 
+def find_grids(run: Path) -> list[Path]:
+    """Image grids of a run: everything in ``grids/``, plus the first and the last of the
+    trainer's evaluation grids ``images/eval-<iteration>.png`` (before / after)."""
+    found = sorted((run / "grids").glob("*.png")) if (run / "grids").is_dir() else []
+    evals = sorted((run / "images").glob("eval-*.png")) if (run / "images").is_dir() else []
+    found += evals[:1] + evals[-1:] if len(evals) > 1 else evals
+    return found
+
+
 def build_report(runs: Sequence[str | Path], labels: Sequence[str] | None, out: str | Path) -> str:
     """Write the report folder; returns the markdown summary."""
     runs = [Path(r) for r in runs]
@@ -346,12 +356,10 @@ def build_report(runs: Sequence[str | Path], labels: Sequence[str] | None, out: 
         md += [f"## {caption}", "", f"![{caption}]({fname})", ""]
     grids = []
     for label, run in zip(labels, runs):
-        gdir = run / "grids"
-        if gdir.is_dir():
-            for png in sorted(gdir.glob("*.png")):
-                safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{label}_{png.name}")
-                shutil.copyfile(png, out / safe)
-                grids.append((f"{label}: {png.stem}", safe))
+        for png in find_grids(run):
+            safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{label}_{png.name}")
+            shutil.copyfile(png, out / safe)
+            grids.append((f"{label}: {png.stem}", safe))
     if grids:
         md += ["## Samples of fixed prompts", ""]
         for caption, fname in grids:
