@@ -211,7 +211,7 @@ def plot_diagnostics(runs_rows, labels, path: Path) -> bool:
     if not cos_names and not conf_names:
         return False
     plt = _plt()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.5))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     styles = ["-", "--", ":", "-."]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (label, rows) in enumerate(zip(labels, runs_rows)):
@@ -226,9 +226,9 @@ def plot_diagnostics(runs_rows, labels, path: Path) -> bool:
                 a2.plot(xs, ys, color=colors[j % len(colors)], ls=styles[i % len(styles)], marker=".",
                         label=f"{label}: {b}")
     a1.axhline(0.0, color="k", lw=0.8)
-    a1.set_title("min_k cos(g_k, update)  (< 0: some reward is pushed down)")
+    a1.set_title("min over rewards of cos(g_k, update)\n(< 0: the update pushes some reward down)", fontsize=10)
     a1.set_xlabel("iteration")
-    a2.set_title("conflict rate (share of refreshes with a negative cosine)")
+    a2.set_title("conflict rate\n(share of refreshes with a negative cosine)", fontsize=10)
     a2.set_xlabel("iteration")
     a2.set_ylim(-0.02, 1.02)
     for a in (a1, a2):
