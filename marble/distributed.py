@@ -61,7 +61,12 @@ ENV_ERROR_DIR = "MARBLE_ERROR_DIR"
 
 
 class DistributedError(MarbleError):
-    """Another rank failed, or the ranks disagree (alpha, parameters). Names the rank."""
+    """Another rank failed (``peer``: this rank only heard of it), or the ranks disagree (alpha,
+    parameters). The message names the rank."""
+
+    def __init__(self, message: str, peer: bool = False):
+        super().__init__(message)
+        self.peer = peer
 
 
 def env_world_size() -> int:
@@ -218,7 +223,7 @@ class Distributed:
             raise error
         first = failed[0]
         others = f" (ranks {', '.join(map(str, failed))} failed)" if len(failed) > 1 else ""
-        raise DistributedError(f"rank {first} failed during {what}: {messages[first]}{others}")
+        raise DistributedError(f"rank {first} failed during {what}: {messages[first]}{others}", peer=True)
 
     def first_on_each_node(self, fn: Callable[[], Any], what: str) -> Any:
         """Run ``fn`` on each node's local main process first (downloads, on-disk caches), then on
@@ -245,7 +250,7 @@ class Distributed:
             if folder and os.path.isdir(folder):
                 record = {"rank": self.rank, "time": time.time(), "type": type(exc).__name__,
                           "message": str(exc), "user_error": isinstance(exc, MarbleError),
-                          "peer": isinstance(exc, DistributedError) and " failed during " in str(exc),
+                          "peer": bool(getattr(exc, "peer", False)),
                           "traceback": traceback.format_exc()}
                 try:
                     with open(os.path.join(folder, f"rank-{self.rank}.json"), "w", encoding="utf-8") as f:

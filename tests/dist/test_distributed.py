@@ -211,3 +211,25 @@ def test_a_failing_rank_ends_the_job_naming_the_error(tmp_path, capfd, hard):
         # rank 0 stopped with the same error named, instead of waiting in a collective
         assert "rank 1 failed during the rollout of iteration 2: RuntimeError: redness scoring" in err
     assert not list_checkpoints(str(tmp_path / "run"))
+
+
+def test_cli_num_processes_with_an_installed_reward(tmp_path, capfd):
+    """``marble train CFG ... --num-processes 2`` (the default child: ``-m marble.cli``), with the
+    installed JPEG reward of marble-rewards and the shipped tiny config."""
+    pytest.importorskip("marble_rewards")
+    from marble.cli import main
+
+    root = os.path.dirname(os.path.dirname(HERE))
+    out = tmp_path / "cli"
+    old = dict(os.environ)
+    os.environ.update({"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+    try:
+        code = main(["train", os.path.join(root, "configs", "tiny.yaml"), f"output_dir={out}", "train.iterations=1",
+                     "train.micro_batch=4", "train.progress=false", "backbone.args.resolution=32",
+                     "--num-processes", "2"])
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    assert code == 0, capfd.readouterr().err[-3000:]
+    assert [os.path.basename(p) for p in list_checkpoints(str(out))] == ["checkpoint-000001"]
+    assert len(metrics(str(out))) == 1
