@@ -342,9 +342,7 @@ class DiffusersFlowBackbone(Backbone):
         if self.args.full_finetune:
             return {"trained": self.transformer, "old": self._old_model, "reference": self._ref_model}[adapter]
         if self._switch is not None:  # fast path: rebind tensors, peft's state is not consulted
-            if adapter != self._mode:
-                self._switch.select(adapter)
-                self._mode = adapter
+            self._mode = self._switch.select(adapter, torch.is_grad_enabled())
             return self.transformer
         if adapter != self._mode:
             for layer in self._lora_layers:

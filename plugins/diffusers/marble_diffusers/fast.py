@@ -62,6 +62,11 @@ class _SwitchableLoRAForward:
 _FAST_CLASSES: dict[type, type] = {}
 
 
+def _frozen_alias(p: torch.Tensor) -> torch.nn.Parameter:
+    """A Parameter sharing ``p``'s storage without requiring grad (guards like the old adapter's)."""
+    return torch.nn.Parameter(p.detach(), requires_grad=False)
+
+
 def _fast_class(cls: type) -> type:
     if issubclass(cls, _SwitchableLoRAForward):
         return cls
@@ -85,7 +90,9 @@ class LoRASwitch:
         self.layers = list(layers)
         self._gates: dict[float, torch.Tensor] = {}
         off = torch.zeros((), dtype=dtype, device=device)
-        self._sets: dict[str, list[tuple]] = {"trained": [], "old": [], "reference": []}
+        # "trained_nograd": detached views of the trained tensors (same storage), so the trained
+        # adapter under no_grad (evaluation) matches the old adapter's guards and reuses its graph.
+        self._sets: dict[str, list[tuple]] = {"trained": [], "trained_nograd": [], "old": [], "reference": []}
         for layer in self.layers:
             self._check(layer, names)
             tr, old = names["trained"], names["old"]
@@ -93,6 +100,7 @@ class LoRASwitch:
             a_tr, b_tr = layer.lora_A[tr].weight, layer.lora_B[tr].weight
             a_old, b_old = layer.lora_A[old].weight, layer.lora_B[old].weight
             self._sets["trained"].append((a_tr, b_tr, self._gate(s_tr, dtype, device)))
+            self._sets["trained_nograd"].append((_frozen_alias(a_tr), _frozen_alias(b_tr), self._gate(s_tr, dtype, device)))
             self._sets["old"].append((a_old, b_old, self._gate(s_old, dtype, device)))
             # same tensors and shapes as "old", zero gate: the same compiled graph, exact base output
             self._sets["reference"].append((a_old, b_old, off))
@@ -120,12 +128,18 @@ class LoRASwitch:
         if getattr(layer, "merged_adapters", None):
             raise ValueError("the switchable LoRA forward needs unmerged adapters")
 
-    def select(self, which: str) -> None:
-        """Make ``which`` ("trained", "old" or "reference") the adapter every layer computes."""
+    def select(self, which: str, grad_enabled: bool = True) -> str:
+        """Make ``which`` ("trained", "old" or "reference") the adapter every layer computes;
+        ``grad_enabled`` False selects the trained weights detached. Returns the set's key."""
+        if which == "trained" and not grad_enabled:
+            which = "trained_nograd"
+        if which == self.active:
+            return which
         sets = self._sets[which]
         for layer, sel in zip(self.layers, sets):
             layer.__dict__["_marble_lora"] = sel
         self.active = which
+        return which
 
 
 # ---------------------------------------------------------------------------- regional compile
@@ -149,6 +163,16 @@ def raise_recompile_limit(minimum: int = 64) -> None:
             break
 
 
+def allow_retained_backward() -> None:
+    """MARBLE's refresh step backpropagates K times through one graph (``retain_graph=True``).
+    A compiled backward with donated buffers (inductor's default) refuses that, so buffer
+    donation is turned off (a little more backward memory)."""
+    import torch._functorch.config as functorch_config
+
+    if getattr(functorch_config, "donated_buffer", False):
+        functorch_config.donated_buffer = False
+
+
 #: torch.compile options of the blocks. ``dynamic=False``: static shapes, one graph per batch
 #: size (the trainer uses one micro-batch size throughout), the best kernels. Tests may set
 #: "backend" (e.g. "aot_eager": the same capture, guards and autograd, no code generation).
@@ -160,6 +184,7 @@ def compile_blocks(blocks: list[torch.nn.Module], **options: Any) -> int:
     ``COMPILE_OPTIONS`` updated by ``options``. Returns the number of blocks."""
     options = {**COMPILE_OPTIONS, **options}
     raise_recompile_limit()
+    allow_retained_backward()
     for block in blocks:
         block.compile(**options)
     return len(blocks)
