@@ -17,12 +17,11 @@ import sys
 
 
 def load_pipeline(model: str | None = None):
-    import torch
     from diffusers import StableDiffusion3Pipeline
 
     from marble_world.config import world_model_path
 
-    pipe = StableDiffusion3Pipeline.from_pretrained(model or world_model_path(), torch_dtype=torch.float32)
+    pipe = StableDiffusion3Pipeline.from_pretrained(model or world_model_path())
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -8,7 +8,8 @@ Each run folder holds ``metrics.jsonl``: one JSON object per training iteration 
 ``alpha_bar/<name>``, ``cos/<balancer>/min``, ``conflict_rate/<balancer>`` (missing keys are
 skipped). Written to ``--out``:
 
-* ``rewards.png``      one panel per reward, every run's mean-reward curve (eval dashed, dots);
+* ``rewards.png``      one panel per reward, every run's mean-reward curve (moving average over
+                       ~1/12 of the run, raw faint; eval dashed with dots);
 * ``alpha.png``        alpha* (dots, refresh iterations) and alpha-bar (lines) per reward;
 * ``diagnostics.png``  min cosine between per-reward gradients and the update, conflict rate;
 * ``summary.md``       reward x {base, each run} (also printed), plus the runs' image grids
@@ -162,7 +163,12 @@ def plot_rewards(runs_rows, labels, path: Path) -> bool:
             c = colors[i % len(colors)]
             xs, ys = series(rows, f"reward/{name}/mean")
             if xs:
-                ax.plot(xs, ys, color=c, label=label, lw=1.5)
+                # training means depend on the iteration's prompts: faint raw curve + moving average
+                k = max(1, len(ys) // 12)
+                smooth = [sum(ys[max(0, i - k + 1) : i + 1]) / len(ys[max(0, i - k + 1) : i + 1]) for i in range(len(ys))]
+                if k > 1:
+                    ax.plot(xs, ys, color=c, lw=0.8, alpha=0.3)
+                ax.plot(xs, smooth, color=c, label=label + (f" (mean of {k})" if k > 1 else ""), lw=1.5)
             xs, ys = series(rows, f"eval/{name}/mean")
             if xs:
                 ax.plot(xs, ys, color=c, ls="--", marker="o", ms=3, label=f"{label} (eval)")
