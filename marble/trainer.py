@@ -545,6 +545,14 @@ class Trainer:
             metrics[f"reward/{n}/masked_frac"] = float(1 - m.double().mean())
         r, valid, stats = self.advantages(scores, masks, groups)
         metrics.update(stats)
+        # A reward with no advantage signal this iteration (constant within every group) would train
+        # on r = 1/2, which is not neutral: it pulls toward v_old, and after MARBLE's gradient
+        # normalization that pull would get a full share of the update. Leave it out of this
+        # iteration's training (ALGORITHM.md 2.2: "a reward constant over the batch").
+        silent = ~((r != 0.5) & valid).any(0)
+        valid = valid & ~silent
+        for k, n in enumerate(["weighted_sum"] if self.balancer.raw_mix else self.reward_names):
+            metrics[f"reward/{n}/no_signal"] = float(silent[k])
         # ALGORITHM.md 1.5: per sample, T of the sampler's own timesteps, shuffled (global, every rank).
         N = groups.shape[0]
         S = timesteps.shape[0]

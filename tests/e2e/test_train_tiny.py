@@ -189,3 +189,27 @@ def test_eval_rewards_are_not_trained_on(plugin, tmp_path):
     lines = read_metrics(data["output_dir"])
     assert all("reward/brightness_t/mean" not in m for m in lines)
     assert any("eval/brightness_t/mean" in m for m in lines) and any("eval/redness/mean" in m for m in lines)
+
+
+class Constant:
+    def score(self, images, prompts, metadata):
+        return RewardOutput(torch.full((images.shape[0],), 0.25))
+
+
+def test_a_reward_without_signal_is_left_out(marble_plugin, tmp_path):
+    """A reward constant over the batch has advantage 0 everywhere (r = 1/2, which is not neutral):
+    it must not take a share of the MARBLE update."""
+    class P:
+        @hookimpl
+        def marble_register_rewards(self):
+            return [RewardSpec("redness", lambda: Redness(), description="t"),
+                    RewardSpec("flat", lambda: Constant(), description="t")]
+
+    marble_plugin(P(), name="flat")
+    data = config(tmp_path, "flat", iterations=1, eval_every=0, save_every=0)
+    data["rewards"] = [{"name": "redness"}, {"name": "flat"}]
+    Trainer(load_config(None, data=data)).train()
+    (m,) = [x for x in read_metrics(data["output_dir"]) if "reward/redness/mean" in x]
+    assert m["reward/flat/no_signal"] == 1.0 and m["reward/redness/no_signal"] == 0.0
+    assert m["alpha/flat"] == 0.0 and m["grad_norm/flat"] == 0.0 and m["alpha/redness"] == 1.0
+    assert m["reward/flat/mean"] == 0.25
