@@ -113,6 +113,7 @@ class Trainer:
         if not self.params:
             raise MarbleError(f"backbone '{cfg.backbone.name}' has no trainable parameters")
         self.optimizer = torch.optim.AdamW(self.params, lr=t.lr, weight_decay=t.weight_decay,
+                                           fused=self.device.type == "cuda" and self.params[0].dtype == torch.float32,
                                            betas=tuple(t.adam_betas), eps=t.adam_eps)
         self.sources = load_sources(cfg.prompts, "prompts")
         self.sampler = PromptSampler(self.sources, t.seed)
@@ -435,33 +436,38 @@ class Trainer:
             grad = torch.zeros(K, sum(p.numel() for p in self.params), dtype=dtype, device=self.device)
         # zeros (not None) with a KL term, so that a rank without samples in this step still reduces it
         kl_grad = torch.zeros_like(grad[0]) if weights is None and t.kl_coef > 0 else None
-        logs = {"loss": torch.zeros(K, dtype=torch.float64), "kl": 0.0}
+        # Everything the micro-steps index lives on the model's device: no host sync inside the loop.
+        dev = self.device
+        r_d, valid_d, inv_d = batch.r.to(dev), batch.valid.to(dev), inv.to(dev)
+        c_pos, c_neg, t_index = c_pos.to(dev), c_neg.to(dev), batch.t_index.to(dev)
+        loss_acc = torch.zeros(K, dtype=torch.float64, device=dev)
+        kl_acc = torch.zeros((), dtype=torch.float64, device=dev)
         gen = torch.Generator().manual_seed(batch.noise_seed)
         mb = t.micro_batch
         for j in range(T):
             for lo in range(0, N, mb):
                 idx = torch.arange(lo, min(lo + mb, N))
-                x0 = batch.latents[idx]
+                x0 = batch.latents[lo:lo + mb]
                 eps = self._noise(batch, idx, j, gen, x0)
-                tt = batch.timesteps[batch.t_index[idx, j]].to(x0.dtype)
+                tt = batch.timesteps.to(dev)[t_index[lo:lo + mb, j]].to(x0.dtype)
                 tb = tt.view(-1, *([1] * (x0.dim() - 1)))
                 x_t = (1 - tb) * x0 + tb * eps  # ALGORITHM.md 1.5
-                cond = _select(batch.cond, idx.to(next(iter(batch.cond.values())).device))
+                cond = _select(batch.cond, slice(lo, lo + mb))
                 with torch.no_grad():
                     v_old = self.backbone.velocity(x_t, tt, cond, adapter="old")
                     v_ref = self.backbone.velocity(x_t, tt, cond, adapter="reference") if t.kl_coef > 0 else None
                 v = self.backbone.velocity(x_t, tt, cond, adapter="trained")
                 l_pos, l_neg = nft_branch_losses(v, v_old, x_t, x0, tt, t.beta)  # Eq. 2, per sample
                 lp, ln = l_pos.to(torch.float64), l_neg.to(torch.float64)
-                cp_mb, cn_mb = batch.valid[idx] * batch.r[idx], batch.valid[idx] * (1 - batch.r[idx])
-                logs["loss"] += scale * ((cp_mb * lp.detach()[:, None] + cn_mb * ln.detach()[:, None]).sum(0)) * inv
+                v_mb, r_mb = valid_d[lo:lo + mb], r_d[lo:lo + mb]
+                loss_acc += scale * ((v_mb * r_mb * lp.detach()[:, None]
+                                      + v_mb * (1 - r_mb) * ln.detach()[:, None]).sum(0)) * inv_d
                 kl = None
                 if v_ref is not None:
                     kl = kl_loss(v, v_ref).to(torch.float64).sum() / (size * T)  # outside any balancing
-                    logs["kl"] += float(kl.detach())
-                dev = lp.device
+                    kl_acc += kl.detach()
                 if weights is not None:
-                    loss = scale * (c_pos[idx].to(dev) @ lp + c_neg[idx].to(dev) @ ln)
+                    loss = scale * (c_pos[lo:lo + mb] @ lp + c_neg[lo:lo + mb] @ ln)
                     if kl is not None:
                         loss = loss + t.kl_coef * kl
                     loss.backward()
@@ -469,7 +475,7 @@ class Trainer:
                     for k in range(K):
                         if counts[k] == 0:
                             continue
-                        loss_k = scale * (c_pos[idx, k].to(dev) @ lp + c_neg[idx, k].to(dev) @ ln)
+                        loss_k = scale * (c_pos[lo:lo + mb, k] @ lp + c_neg[lo:lo + mb, k] @ ln)
                         g = torch.autograd.grad(loss_k, self.params, retain_graph=True, allow_unused=True)
                         grad[k] += flat(list(g), self.params)
                     if kl is not None:
@@ -477,6 +483,7 @@ class Trainer:
                         kl_grad = flat(list(g), self.params) if kl_grad is None else kl_grad + flat(list(g), self.params)
         if weights is not None:
             grad = flat([p.grad for p in self.params], self.params)
+        logs = {"loss": loss_acc.cpu(), "kl": float(kl_acc)}
         return grad, kl_grad, logs
 
     @staticmethod
