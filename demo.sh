@@ -1,9 +1,18 @@
 #!/usr/bin/env bash
 # The main job, small, on a CPU with no downloads (sets up .venv first if needed).
-# Trains the tiny SD3 backbone against the JPEG reward with MARBLE and writes runs/demo/.
+#
+# Fine-tunes the packaged pretrained 64 px world model (plugins/world) against four verifiable
+# rewards - colour, count, position, and a conflicting contrast "aesthetic" - twice with the same
+# seed and budget: the weighted-sum baseline and MARBLE. Writes runs/demo-<time>/ with both runs
+# and report/: reward curves (PNG), alpha curves, conflict diagnostics, before/after image grids
+# and summary.md, which it also prints. Extra key=value arguments override the config.
 set -euo pipefail
 cd "$(dirname "$0")"
 scripts/setup_venv.sh
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 out="runs/demo-$(date +%Y%m%d-%H%M%S)"
-exec .venv/bin/marble train configs/tiny.yaml output_dir="$out" "$@"
+.venv/bin/marble compare configs/world_marble.yaml --balancers weighted_sum,marble --seeds 0 --out "$out" "$@" >/dev/null
+.venv/bin/python -m marble_world.report --runs "$out/weighted_sum-seed0" "$out/marble-seed0" \
+  --labels "weighted sum" "MARBLE" --out "$out/report"
+echo
+echo "report: $out/report (summary.md, rewards.png, alpha.png, diagnostics.png, before/after grids)"
