@@ -6,34 +6,9 @@ once per module and its adapter states are restored after every test that uses i
 
 from __future__ import annotations
 
-import os
 
 import pytest
-
-pytest.importorskip("diffusers")
-pytest.importorskip("peft")
-torch = pytest.importorskip("torch")
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="session")
-def tiny_cache(tmp_path_factory):
-    """A private MARBLE_CACHE for the session (the tiny folders are built into it once)."""
-    old = os.environ.get("MARBLE_CACHE")
-    path = tmp_path_factory.mktemp("marble_cache")
-    os.environ["MARBLE_CACHE"] = str(path)
-    yield path
-    if old is None:
-        os.environ.pop("MARBLE_CACHE", None)
-    else:
-        os.environ["MARBLE_CACHE"] = old
+import torch  # noqa: F401  (the one-thread and tiny_cache fixtures live in tests/conftest.py)
 
 
 def restoring(backbone):

@@ -7,7 +7,7 @@ import torch
 
 from marble_world.config import world_backbone_args, world_model_path
 
-pytest.importorskip("marble_diffusers")
+import marble_diffusers  # noqa: E402,F401
 pytestmark = pytest.mark.skipif(
     not (Path(world_model_path()) / "model_index.json").exists(), reason="pretrained model not committed"
 )

@@ -7,7 +7,7 @@ import torch
 
 from marble_world import world
 
-ocr = pytest.importorskip("marble_rewards.ocr")
+from marble_rewards import ocr
 
 
 def test_rendered_words_are_legible_to_the_ocr_reward():

@@ -1,14 +1,12 @@
-"""Fixtures of the benchmark / fast-path tests: one thread, a private MARBLE_CACHE."""
+"""Suite-wide fixtures: one torch thread (the CI machine's 2 cores are shared) and a private
+MARBLE_CACHE for the tiny pipelines that tests build."""
 
 from __future__ import annotations
 
 import os
 
 import pytest
-
-pytest.importorskip("diffusers")
-pytest.importorskip("peft")
-torch = pytest.importorskip("torch")
+import torch
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -21,6 +19,7 @@ def _one_thread():
 
 @pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory):
+    """A private MARBLE_CACHE for the session (the tiny folders are built into it once)."""
     old = os.environ.get("MARBLE_CACHE")
     path = tmp_path_factory.mktemp("marble_cache")
     os.environ["MARBLE_CACHE"] = str(path)
