@@ -30,7 +30,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             "plugins": [
                 {"name": p.name, "distribution": p.distribution, "version": p.version, "module": p.module,
                  "status": p.status, "error": p.error, "rewards": p.rewards, "backbones": p.backbones,
-                 "balancers": p.balancers}
+                 "balancers": p.balancers,
+                 "components": {"rewards": p.rewards, "backbones": p.backbones, "balancers": p.balancers}}
                 for p in host.plugins
             ],
             "conflicts": host.conflicts,
