@@ -85,6 +85,7 @@ class TrainConfig:
     save_every: int = 0  # 0: only at the end
     eval_every: int = 0  # 0: only at the end when eval_prompts are given
     eval_prompts_count: int = 8  # fixed held-out prompts per evaluation (one image each)
+    overlap_rewards: str = "auto"  # score block i while block i+1 samples: auto (on with CUDA) | true | false
     tensorboard: bool = True
     progress: bool = True
 
@@ -102,7 +103,8 @@ class RunConfig:
     resume: Optional[str] = None
 
 
-CHOICES = {"train.sampler": ("euler", "dpm2"), "train.adv_std": ("global", "group")}
+CHOICES = {"train.sampler": ("euler", "dpm2"), "train.adv_std": ("global", "group"),
+           "train.overlap_rewards": ("auto", "true", "false")}
 
 
 # ------------------------------------------------------------------------ helpers
@@ -246,6 +248,7 @@ def _check_list_items(plain: DictConfig) -> None:
 
 def _check(cfg: RunConfig, config_dir: str | None) -> None:
     """Semantic checks that the schema cannot express."""
+    cfg.train.overlap_rewards = str(cfg.train.overlap_rewards).lower()  # YAML true/false arrive as bools
     for key, allowed in CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)

@@ -26,6 +26,7 @@ import os
 import platform
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -358,19 +359,37 @@ class Trainer:
         latents, timesteps = [], None
         scores = torch.zeros(N, K, dtype=torch.float64)
         masks = torch.zeros(N, K, dtype=torch.float64)
+        def score_block(images, sl: slice, gl: slice) -> None:
+            for k, (reward, name) in enumerate(zip(self.rewards, self.reward_names)):
+                s, m_ = self._score(reward, name, images, all_texts[sl], metas[sl])
+                scores[gl, k], masks[gl, k] = s, m_.to(torch.float64)
+
+        # train.overlap_rewards: score block i in a worker thread while block i+1 samples (at most
+        # two blocks of images alive). Results land in fixed rows, so they do not depend on timing.
+        pool = ThreadPoolExecutor(1, thread_name_prefix="marble-rewards") if self._overlap() else None
+        pending = None
         with self.dist.guard(f"the rollout of iteration {it + 1}"):
-            for m in blocks:
-                sl = slice(m * mb - samples.start, (m + 1) * mb - samples.start)
-                gl = slice(m * mb, min((m + 1) * mb, N))
-                # One seed per global micro-batch: an image does not depend on the number of ranks.
-                gen = torch.Generator().manual_seed(mix_seed(t.seed, 7919, it, m))
-                ro = self.backbone.sample(_select(cond, sl), num_steps=t.num_steps, generator=gen, adapter="old",
-                                          guidance_scale=t.guidance_scale, sampler=t.sampler)
-                latents.append(ro.latents)
-                timesteps = ro.timesteps
-                for k, (reward, name) in enumerate(zip(self.rewards, self.reward_names)):
-                    s, m_ = self._score(reward, name, ro.images, all_texts[sl], metas[sl])
-                    scores[gl, k], masks[gl, k] = s, m_.to(torch.float64)
+            try:
+                for m in blocks:
+                    sl = slice(m * mb - samples.start, (m + 1) * mb - samples.start)
+                    gl = slice(m * mb, min((m + 1) * mb, N))
+                    # One seed per global micro-batch: an image does not depend on the number of ranks.
+                    gen = torch.Generator().manual_seed(mix_seed(t.seed, 7919, it, m))
+                    ro = self.backbone.sample(_select(cond, sl), num_steps=t.num_steps, generator=gen, adapter="old",
+                                              guidance_scale=t.guidance_scale, sampler=t.sampler)
+                    latents.append(ro.latents)
+                    timesteps = ro.timesteps
+                    if pending is not None:
+                        pending.result()  # re-raises the reward's error, if any
+                    if pool is None:
+                        score_block(ro.images, sl, gl)
+                    else:
+                        pending = pool.submit(score_block, ro.images, sl, gl)
+                if pending is not None:
+                    pending.result()
+            finally:
+                if pool is not None:
+                    pool.shutdown(wait=True)
         # Every rank normalizes the whole batch (Eq. 3): an exact sum of the zero-padded blocks.
         scores = self.dist.all_reduce_sum(scores)
         masks = self.dist.all_reduce_sum(masks) > 0.5
@@ -383,6 +402,10 @@ class Trainer:
         active = self.active_rewards(it)
         masks[:, [k for k, a in enumerate(active) if not a]] = False
         return torch.cat(latents), cond, timesteps.to(self.device), index, scores, masks, samples
+
+    def _overlap(self) -> bool:
+        mode = self.cfg.train.overlap_rewards
+        return self.device.type == "cuda" if mode == "auto" else mode == "true"
 
     def advantages(self, scores, masks, groups) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Eq. 3 per reward (or once for the raw weighted sum), then r = 1/2 + clip(A)/(2 A_max)."""

@@ -213,3 +213,18 @@ def test_a_reward_without_signal_is_left_out(marble_plugin, tmp_path):
     assert m["reward/flat/no_signal"] == 1.0 and m["reward/redness/no_signal"] == 0.0
     assert m["alpha/flat"] == 0.0 and m["grad_norm/flat"] == 0.0 and m["alpha/redness"] == 1.0
     assert m["reward/flat/mean"] == 0.25
+
+
+def test_overlapped_reward_scoring_changes_nothing(plugin, tmp_path):
+    """Scoring block i in a worker thread while block i+1 samples gives the same run."""
+    states = {}
+    for mode in (True, False):
+        data = config(tmp_path, f"overlap-{mode}", iterations=2, eval_every=0, save_every=2, micro_batch=2)
+        data["train"]["overlap_rewards"] = mode  # YAML booleans are accepted
+        Trainer(load_config(None, data=data)).train()
+        states[mode] = trained_state(data["output_dir"])
+        lines = [m for m in read_metrics(data["output_dir"]) if "reward/redness/mean" in m]
+        states[mode]["means"] = [(m["reward/redness/mean"], m["reward/brightness_t/mean"]) for m in lines]
+    assert states[True]["means"] == states[False]["means"]
+    for key in states[True]["trained"]:
+        assert torch.equal(states[True]["trained"][key], states[False]["trained"][key])
