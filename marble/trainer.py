@@ -175,7 +175,7 @@ class Trainer:
         atomic_write_text(os.path.join(self.run_dir, "plugins.json"), json.dumps({
             "marble-rl": marble.__version__, "torch": torch.__version__, "python": platform.python_version(),
             "backbone_versions": self.backbone.versions(), "components": self.components}, indent=2))
-        self._trim_metrics(start)
+        self._trim_metrics(start if cfg.resume else -1)  # a fresh run starts a fresh log
         return start
 
     def _trim_metrics(self, start: int) -> None:
