@@ -148,7 +148,6 @@ def test_other_balancers_run(plugin, tmp_path, balancer):
 
 
 def test_cli_train_and_bad_resume(plugin, tmp_path, capsys):
-    import yaml  # noqa: F401 - PyYAML ships with omegaconf
 
     from omegaconf import OmegaConf
 
