@@ -142,6 +142,12 @@ def test_template_plugin_real_install(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     res = marble("rewards", site=target)
     assert res.returncode == 0 and "brightness" in res.stdout, res.stdout + res.stderr
+    # the template's own test suite passes against the installed copy (marble_plugin comes from
+    # marble-rl's pytest plugin, check_reward from marble.testing)
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          os.path.join(ROOT, "plugins", "template", "tests")], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": target}, cwd=str(tmp_path), timeout=300)
+    assert res.returncode == 0 and "3 passed" in res.stdout, res.stdout[-2000:] + res.stderr[-2000:]
     cfg = tmp_path / "c.yaml"
     cfg.write_text(textwrap.dedent(f"""
         backbone: {{name: sd3-tiny}}

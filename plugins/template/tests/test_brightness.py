@@ -1,6 +1,6 @@
 import torch
 
-from marble.testing import check_reward, marble_plugin  # noqa: F401  (fixture)
+from marble.testing import check_reward
 
 from marble_reward_template import plugin
 from marble_reward_template.args import BrightnessArgs
