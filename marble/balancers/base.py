@@ -37,11 +37,13 @@ class Balancer:
         return False
 
     def mix_weights(self, step: int) -> list[float]:
-        raise NotImplementedError
+        """The K weights w_k of the single backward pass at optimizer step ``step``."""
+        raise NotImplementedError(f"balancer {type(self).__name__} must implement mix_weights(step)")
 
     def combine(self, grads, step: int):
         """grads: [K, D] tensor of per-reward gradients -> (direction [D], diagnostics dict)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"balancer {type(self).__name__} asked for per-reward gradients "
+                                  f"(wants_gradients) but does not implement combine(grads, step)")
 
     def state_dict(self) -> dict:
         return {}
