@@ -227,3 +227,41 @@ def test_overlapped_reward_scoring_changes_nothing(plugin, tmp_path):
     assert states[True]["means"] == states[False]["means"]
     for key in states[True]["trained"]:
         assert torch.equal(states[True]["trained"][key], states[False]["trained"][key])
+
+
+def test_third_party_balancer_plugin(marble_plugin, tmp_path):
+    """A balancer from another distribution, selected by name: the trainer follows its weights."""
+    from dataclasses import dataclass
+
+    from marble import BalancerSpec
+    from marble.balancers.base import Balancer
+
+    @dataclass
+    class OnlyArgs:
+        index: int = 0
+
+    class OnlyOne(Balancer):
+        def mix_weights(self, step):
+            return [1.0 if k == self.args.index else 0.0 for k in range(self.k)]
+
+    class P:
+        @hookimpl
+        def marble_register_rewards(self):
+            return [RewardSpec("redness", lambda: Redness(), description="t"),
+                    RewardSpec("brightness_t", lambda: Brightness(), description="t")]
+
+        @hookimpl
+        def marble_register_balancers(self):
+            return [BalancerSpec("only_one", OnlyOne, OnlyArgs, "train on one reward")]
+
+    marble_plugin(P(), name="third")
+    data = config(tmp_path, "third", iterations=1, eval_every=0, save_every=0)
+    data["balancer"] = {"name": "only_one", "args": {"index": 1}}
+    trainer = Trainer(load_config(None, data=data))
+    assert isinstance(trainer.balancer, OnlyOne) and trainer.balancer.args.index == 1
+    trainer.train()
+    (m,) = [x for x in read_metrics(data["output_dir"]) if "reward/redness/mean" in x]
+    assert "alpha/redness" not in m and m["grad_norm"] >= 0
+    plugins = json.load(open(os.path.join(data["output_dir"], "plugins.json")))
+    assert {"kind": "balancer", "name": "only_one"}.items() <= next(
+        c for c in plugins["components"] if c["kind"] == "balancer").items()
