@@ -2,15 +2,11 @@
 
 from pathlib import Path
 
-import pytest
 import torch
 
 from marble_world.config import world_backbone_args, world_model_path
 
 import marble_diffusers  # noqa: E402,F401
-pytestmark = pytest.mark.skipif(
-    not (Path(world_model_path()) / "model_index.json").exists(), reason="pretrained model not committed"
-)
 
 
 def test_world_sd3_backbone_samples_and_trains():
