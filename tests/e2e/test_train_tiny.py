@@ -94,8 +94,13 @@ def test_marble_run_logs_checkpoints_and_resumes_identically(plugin, tmp_path):
         assert abs(m["alpha/redness"] + m["alpha/brightness_t"] - 1) < 1e-6
         assert 0 <= m["conflict_rate/marble"] <= 1
     # brightness applies to 'bright' prompts only: its masked fraction is logged honestly
-    assert any(0 < m["reward/brightness_t/masked_frac"] < 1 for m in train_lines) or \
-        all(m["reward/brightness_t/masked_frac"] in (0.0, 1.0) for m in train_lines)
+    from marble.prompts import PromptSampler, load_sources
+
+    sampler = PromptSampler(load_sources(full.prompts), full.train.seed)
+    for it, m in enumerate(train_lines):
+        drawn = sampler.draw(full.train.prompts_per_iteration, it)  # the same deterministic draw
+        expected = 1 - sum("bright" in p.text for p in drawn) / len(drawn)
+        assert m["reward/brightness_t/masked_frac"] == pytest.approx(expected)
     evals = [m for m in lines if "eval/redness/mean" in m]
     assert [m["iteration"] for m in evals] == [0, 2, 4]
     assert os.path.isfile(os.path.join(run, "images", "eval-000000.png"))
