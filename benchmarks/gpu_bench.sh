@@ -7,42 +7,21 @@
 # What travels: the repo (marble, plugins/diffusers) and .gpu-wheels/; NOT .venv (gigabytes):
 # the image's own python3 (torch + CUDA) is used, the missing wheels are installed offline.
 # Steps (each bounded, total < 9 min so the 15-min device budget leaves room for one rerun):
-#   1. offline install of the wheels + editable marble-rl / marble-diffusers (no deps, no index)
+#   1. benchmarks/gpu_setup.sh: offline install of the wheels + editable marble-rl and plugins
 #   2. preflight: the tiny bench ON CUDA, eager then compiled (seconds): the trainer code runs on
 #      CUDA (a device bug fails here, not 5 minutes into the big run)
 #   3. the SD3.5-M-size bench, compiled (the default on CUDA): $OUT/bench.json + the table
 # Env: BENCH_ARGS (extra args for step 3), SKIP_PREFLIGHT=1, BENCH_TIMEOUT (s, default 420).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT="${OUT:-/tmp/marble-bench-out}"; mkdir -p "$OUT"
-PY="${PYTHON:-python3}"
-log() { echo "[gpu_bench $(date +%H:%M:%S)] $*" | tee -a "$OUT/gpu_bench.log" >&2; }
-
-log "python: $($PY -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "-")')"
-nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader 2>/dev/null | tee -a "$OUT/gpu_bench.log"
-
-# 1. dependencies, offline
-need=$($PY - <<'PY'
-import importlib.util as u
-print(" ".join(m for m in ("diffusers", "omegaconf", "cvxpy", "peft", "pluggy") if u.find_spec(m) is None))
-PY
-)
-if [ -n "$need" ]; then
-  [ -d .gpu-wheels ] || { log "missing modules ($need) and no .gpu-wheels/: run benchmarks/prepare_gpu_wheels.sh here and carry .gpu-wheels"; exit 3; }
-  log "installing from .gpu-wheels: $need"
-  $PY -m pip install -q --disable-pip-version-check --no-index --find-links .gpu-wheels \
-      diffusers omegaconf cvxpy >>"$OUT/pip.log" 2>&1 || { tail -20 "$OUT/pip.log"; log "offline install failed"; exit 3; }
-fi
-$PY -m pip install -q --disable-pip-version-check --no-index --no-deps --no-build-isolation \
-    -e . -e plugins/diffusers >>"$OUT/pip.log" 2>&1 || { tail -20 "$OUT/pip.log"; log "editable install failed"; exit 3; }
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MARBLE_CACHE=/tmp/marble-cache
+source benchmarks/gpu_setup.sh
 
 # 2. preflight on CUDA: tiny, eager and compiled, a few seconds each (compile: tens of seconds)
 if [ "${SKIP_PREFLIGHT:-0}" != 1 ]; then
   for c in --no-compile --compile; do
     log "preflight: marble bench --tiny --device cuda $c"
     timeout 150 $PY -m marble.cli bench --tiny --device cuda $c --steps 2,3 --group 8 --iterations 2 \
-        --refresh-every 2 --repeats 1 --train-timesteps 1 --json "$OUT/preflight${c//-/_}.json" \
+        --refresh-every 2 --repeats 1 --train-timesteps 1 --json "/tmp/preflight${c//-/_}.json" \
         >>"$OUT/preflight.log" 2>&1 || { tail -40 "$OUT/preflight.log"; log "preflight $c FAILED"; exit 4; }
   done
   tail -12 "$OUT/preflight.log"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from marble.balancers.base import Balancer
@@ -39,7 +40,13 @@ class Marble(Balancer):
             from marble.errors import ConfigError
 
             raise ConfigError(f"bad value {self.refresh_every!r}: must be >= 1", key="balancer.args.refresh_every")
+        self.ema = str(getattr(args, "ema", "alpha"))
+        if self.ema not in ("alpha", "gram"):
+            from marble.errors import ConfigError
+
+            raise ConfigError(f"bad value {self.ema!r}: must be 'alpha' or 'gram'", key="balancer.args.ema")
         self._qp = None
+        self.gram_bar = None  # ema="gram": running average of the normalized Gram (ALGORITHM.md 2.4)
         self.alpha_bar: list[float] = []
         self.norms: list[float] = []  # ||g_k|| cached at the last refresh
         self.mean_norm: float = 0.0
@@ -85,6 +92,8 @@ class Marble(Balancer):
         norms = [float(x) for x in norms_t]
         active = [i for i, n in enumerate(norms) if n > 0 and math.isfinite(n)]
         alpha = [0.0] * self.k
+        if self.ema == "gram" and active:
+            gram = self._average_gram(gram, active)
         if active:
             sub = gram[active][:, active]
             a = self._solve(sub)  # Eq. 6: min ||sum a_k u_k||^2 over the simplex
@@ -94,18 +103,37 @@ class Marble(Balancer):
         else:  # every reward constant over the batch: nothing to follow
             alpha = [1.0 / self.k] * self.k
             s = 0.0
-        # Eq. 12: EMA of the coefficients (over the rewards that had a gradient).
-        self.alpha_bar = [self.rho * b + (1 - self.rho) * a for b, a in zip(self.alpha_bar, alpha)]
+        if self.ema == "gram":  # the average already smooths: the QP's answer is the coefficient
+            self.alpha_bar = list(alpha)
+        else:  # Eq. 12: EMA of the coefficients (over the rewards that had a gradient).
+            self.alpha_bar = [self.rho * b + (1 - self.rho) * a for b, a in zip(self.alpha_bar, alpha)]
         self.norms, self.mean_norm = norms, s
         applied = self._refresh_alpha(alpha, step)
         # Eq. 7: d = (sum_k alpha_k u_k) * mean_k ||g_k||.
         u = torch.zeros_like(g)
         for i in active:
             u[i] = g[i] / norms[i]
-        coef = torch.tensor(applied, dtype=torch.float64)
-        direction = (coef @ u) * s if active else torch.zeros(g.shape[1], dtype=torch.float64)
+        coef = torch.tensor(applied, dtype=torch.float64, device=g.device)
+        direction = (coef @ u) * s if active else torch.zeros(g.shape[1], dtype=torch.float64, device=g.device)
         diag = self._diagnostics(g, norms_t, direction, alpha)
         return direction.to(grads.dtype), diag
+
+    def _average_gram(self, gram, active: list[int]):
+        """ema="gram": M_bar = rho M_bar + (1 - rho) M over the entries of the rewards active now
+        (a pair's first time active: M itself). The QP then runs on M_bar: the noise of one
+        refresh's Gram is averaged before the solve instead of after it. Returned as a copy of M
+        with M_bar's entries."""
+        gram = np.asarray(gram, dtype=np.float64)
+        if self.gram_bar is None:
+            self.gram_bar = np.full_like(gram, np.nan)  # nan: a pair not seen active yet
+        for i in active:
+            for j in active:
+                old = self.gram_bar[i, j]
+                self.gram_bar[i, j] = gram[i, j] if np.isnan(old) else self.rho * old + (1 - self.rho) * gram[i, j]
+        ix = np.ix_(active, active)
+        out = gram.copy()
+        out[ix] = self.gram_bar[ix]
+        return out
 
     def _refresh_alpha(self, alpha, step):
         """The refresh step applies the fresh alpha* (ALGORITHM.md 2.4)."""
@@ -138,7 +166,8 @@ class Marble(Balancer):
     # -------------------------------------------------------------- state
     def state_dict(self) -> dict:
         return {"alpha_bar": list(self.alpha_bar), "norms": list(self.norms), "mean_norm": self.mean_norm,
-                "refreshes": self.refreshes, "conflicts": dict(self.conflicts)}
+                "refreshes": self.refreshes, "conflicts": dict(self.conflicts),
+                "gram_bar": None if self.gram_bar is None else [[None if np.isnan(x) else float(x) for x in r] for r in self.gram_bar]}
 
     def load_state_dict(self, state: dict) -> None:
         self.alpha_bar = [float(x) for x in state["alpha_bar"]]
@@ -146,6 +175,11 @@ class Marble(Balancer):
         self.mean_norm = float(state["mean_norm"])
         self.refreshes = int(state["refreshes"])
         self.conflicts = dict(state["conflicts"])
+        gb = state.get("gram_bar")
+        if gb is None:
+            self.gram_bar = None
+        else:
+            self.gram_bar = np.array([[np.nan if x is None else x for x in r] for r in gb], dtype=np.float64)
 
 
 class MarbleFull(Marble):

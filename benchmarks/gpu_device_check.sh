@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# One device call, two jobs at once (a session has ~15 min of device time in all):
+#   * the GPU: benchmarks/gpu_bench.sh (marble bench, SD3.5-M size) on CPU cores 0-3;
+#   * the other 12 CPU cores: the demo-world sweep (benchmarks/world_sweep.py), one thread per run,
+#     on CPU exactly as the demo runs (issue 6: which balancer wins, over more seeds than fit here).
+# Here:   bash benchmarks/prepare_gpu_wheels.sh
+# Device: run(command="bash benchmarks/gpu_device_check.sh", carry=[".gpu-wheels"], timeout_s=560)
+# Comes back in $OUT: gpu.log, preflight.log, bench.log, bench.json, sweep.log, sweep.tar.gz.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+source benchmarks/gpu_setup.sh
+ncpu=$(nproc)
+SWEEP_CORES="${SWEEP_CORES:-4-$((ncpu - 1))}"
+SWEEP_JOBS="${SWEEP_JOBS:-$((ncpu - 4))}"
+SWEEP_SEEDS="${SWEEP_SEEDS:-0,1,2,3}"
+SWEEP_LAUNCH_S="${SWEEP_LAUNCH_S:-320}"
+W=configs/world_marble.yaml
+log "sweep: $SWEEP_JOBS jobs on cores $SWEEP_CORES, seeds $SWEEP_SEEDS, launching for ${SWEEP_LAUNCH_S}s"
+taskset -c "$SWEEP_CORES" $PY benchmarks/world_sweep.py $W --seeds "$SWEEP_SEEDS" --jobs "$SWEEP_JOBS" \
+    --timeout "$SWEEP_LAUNCH_S" --out /tmp/sweep --common "backbone.args.device=cpu" \
+    --variant "ws=@configs/world_weighted_sum.yaml" \
+    --variant "marble=" \
+    --variant "fixed=@configs/world_weighted_sum.yaml balancer.name=fixed" \
+    --variant "marble_gram=balancer.args.ema=gram" \
+    --variant "marble_full=@configs/world_weighted_sum.yaml balancer.name=marble_full" \
+    --variant "marble_lr3=train.lr=3e-4" \
+    --variant "ws_lr3=@configs/world_weighted_sum.yaml train.lr=3e-4" \
+    --variant "marble_os1=train.optimizer_steps=1 balancer.args.refresh_every=5" \
+    >"$OUT/sweep.log" 2>&1 &
+sweep_pid=$!
+sleep 5
+BENCH_TIMEOUT="${BENCH_TIMEOUT:-360}" taskset -c 0-3 bash benchmarks/gpu_bench.sh
+log "bench done (exit $?); waiting for the sweep"
+wait "$sweep_pid"; log "sweep exit $?"
+tar czf "$OUT/sweep.tar.gz" --exclude='*.safetensors' --exclude=images --exclude='checkpoint-*' --exclude=tb -C /tmp sweep
+ls -la "$OUT"

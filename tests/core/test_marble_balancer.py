@@ -1,0 +1,122 @@
+"""The MARBLE balancer's refresh (ALGORITHM.md 2.2-2.4) on given per-reward gradients, against
+references written here: scipy's SLSQP for the simplex QP, the EMA recursions by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import minimize
+
+from marble.balancers.args import MarbleArgs
+from marble.balancers.marble import Marble
+from marble.errors import ConfigError
+
+torch.set_num_threads(1)
+NAMES = ["a", "b", "c"]
+
+
+def _min_norm_reference(m: np.ndarray) -> np.ndarray:
+    """argmin a^T M a over the simplex, by SLSQP from several starts (independent of marble.qp)."""
+    k = m.shape[0]
+    best = None
+    for start in [np.full(k, 1.0 / k)] + [np.eye(k)[i] * 0.9 + 0.1 / k for i in range(k)]:
+        r = minimize(lambda a: a @ m @ a, start, jac=lambda a: 2 * m @ a, method="SLSQP",
+                     bounds=[(0, 1)] * k, constraints=[{"type": "eq", "fun": lambda a: a.sum() - 1}],
+                     options={"ftol": 1e-15, "maxiter": 500})
+        if best is None or r.fun < best.fun:
+            best = r
+    return best.x
+
+
+def _unit_gram(g: np.ndarray) -> np.ndarray:
+    u = g / np.linalg.norm(g, axis=1, keepdims=True)
+    return u @ u.T
+
+
+def _grads(seed: int, d: int = 40) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=d)
+    g = np.stack([base + rng.normal(size=d) * s for s in (0.5, 1.5, 3.0)])
+    g[2] -= 1.2 * base  # reward c conflicts with the others
+    return torch.tensor(g * np.array([[1.0], [0.1], [10.0]]))  # very different scales
+
+
+def _balancer(**kw) -> Marble:
+    b = Marble(MarbleArgs(**kw))
+    b.setup(NAMES, [1.0, 1.0, 1.0])
+    return b
+
+
+def test_alpha_ema_direction_and_amortized_weights():
+    b = _balancer(rho=0.7)
+    abar = np.full(3, 1 / 3)
+    for seed in range(3):
+        g = _grads(seed)
+        direction, diag = b.combine(g, step=seed)
+        gn = g.numpy()
+        a_ref = _min_norm_reference(_unit_gram(gn))
+        alpha = np.array([diag[f"alpha/{n}"] for n in NAMES])
+        np.testing.assert_allclose(alpha, a_ref, atol=2e-4)
+        norms = np.linalg.norm(gn, axis=1)
+        u = gn / norms[:, None]
+        # Eq. 7: the refresh applies the fresh alpha*, scaled by the mean norm
+        np.testing.assert_allclose(direction.numpy(), (alpha @ u) * norms.mean(), rtol=1e-9, atol=1e-12)
+        abar = 0.7 * abar + 0.3 * alpha  # Eq. 12
+        np.testing.assert_allclose(b.alpha_bar, abar, rtol=1e-12)
+        # Proposition 1: the amortized weights reproduce s * sum abar_k u_k from the raw gradients
+        w = np.array(b.mix_weights(step=seed + 1))
+        np.testing.assert_allclose(w @ gn, (abar @ u) * norms.mean(), rtol=1e-9, atol=1e-12)
+    # min-norm direction: no reward is hurt to first order (cos(g_k, d) equal where alpha_k > 0)
+    cos = [diag[f"cos/marble/{n}"] for n in NAMES]
+    assert min(cos) > 0
+
+
+def test_gram_ema_solves_the_qp_on_the_averaged_gram_and_resumes():
+    b = _balancer(rho=0.6, ema="gram")
+    m_bar = None
+    grads = [_grads(s) for s in range(4)]
+    for i, g in enumerate(grads[:3]):
+        direction, diag = b.combine(g, step=i)
+        m = _unit_gram(g.numpy())
+        m_bar = m if m_bar is None else 0.6 * m_bar + 0.4 * m
+        a_ref = _min_norm_reference(m_bar)
+        alpha = np.array([diag[f"alpha/{n}"] for n in NAMES])
+        np.testing.assert_allclose(alpha, a_ref, atol=2e-4)
+        np.testing.assert_allclose(b.alpha_bar, alpha, rtol=0, atol=0)  # no second EMA on top
+        gn = g.numpy()
+        norms = np.linalg.norm(gn, axis=1)
+        np.testing.assert_allclose(direction.numpy(), (alpha @ (gn / norms[:, None])) * norms.mean(), rtol=1e-9)
+    # the averaged Gram is part of the state: a resumed balancer continues identically
+    b2 = _balancer(rho=0.6, ema="gram")
+    b2.load_state_dict(b.state_dict())
+    d1, _ = b.combine(grads[3], step=3)
+    d2, _ = b2.combine(grads[3], step=3)
+    assert torch.equal(d1, d2)
+    # and the averaged Gram differs from the last one alone: the option is not a no-op
+    assert not np.allclose(b.gram_bar, _unit_gram(grads[3].numpy()))
+
+
+def test_gram_ema_keeps_an_inactive_reward_out():
+    b = _balancer(ema="gram")
+    g = _grads(0)
+    g[1] = 0.0  # reward b had no gradient at this refresh
+    _, diag = b.combine(g, step=0)
+    assert diag["alpha/b"] == 0.0
+    assert diag["alpha/a"] + diag["alpha/c"] == pytest.approx(1.0, abs=1e-9)
+    # when b comes back, its pairs start from the fresh Gram, the others keep averaging
+    g2 = _grads(1)
+    b.combine(g2, step=1)
+    m1, m2 = _unit_gram(_grads(0).numpy()), _unit_gram(g2.numpy())
+    np.testing.assert_allclose(b.gram_bar[1], m2[1], rtol=1e-12)
+    np.testing.assert_allclose(b.gram_bar[0, 2], 0.7 * m1[0, 2] + 0.3 * m2[0, 2], rtol=1e-12)
+    b2 = _balancer(ema="gram")  # a state with never-seen pairs survives the JSON-able round trip
+    b2.combine(g, step=0)
+    b3 = _balancer(ema="gram")
+    b3.load_state_dict(b2.state_dict())
+    assert np.array_equal(np.isnan(b3.gram_bar), np.isnan(b2.gram_bar))
+
+
+def test_bad_ema_value_names_the_key():
+    with pytest.raises(ConfigError, match="balancer.args.ema"):
+        Marble(MarbleArgs(ema="grams"))
