@@ -2,7 +2,9 @@
 
 Each (balancer, seed) trains with the same config, budget and prompts; the table shows, for every
 reward, the base model's score, each balancer's final score (mean over seeds with a 95%
-confidence interval) and the worst-reward improvement over the base.
+confidence interval) and the worst-reward improvement over the base, and for every balancer after
+the first, its worst-reward gain minus the first balancer's, paired by seed (the same seed shares
+the eval prompts and noise and the starting LoRA, so this difference is the sharper test).
 
 The "final score" of a run is its last evaluation (``eval/<name>/mean``: fixed held-out prompts,
 fixed noise) when the config evaluates, else the mean training reward over the last quarter of
@@ -65,6 +67,7 @@ def summarize(runs: dict[str, dict[int, str]], names: list[str]) -> dict:
     """runs: balancer -> seed -> run folder. Returns the table data."""
     base_vals: dict[str, list[float]] = {n: [] for n in names}
     table: dict[str, dict] = {}
+    worst_by_seed: dict[str, dict[int, float]] = {}
     for bal, seeds in runs.items():
         finals = {n: [] for n in names}
         worst = []
@@ -76,8 +79,16 @@ def summarize(runs: dict[str, dict[int, str]], names: list[str]) -> dict:
                     base_vals[n].append(base[n])
             if base:
                 worst.append(min(fin[n] - base[n] for n in names))
+                worst_by_seed.setdefault(bal, {})[seed] = worst[-1]
         table[bal] = {"final": {n: mean_ci(finals[n]) for n in names}, "worst_gain": mean_ci(worst),
                       "per_seed": finals}
+    # Paired by seed against the first balancer: the same seed gives both runs the same eval
+    # prompts and noise and the same starting LoRA, so the per-seed difference is the sharper test.
+    bals = list(runs)
+    for bal in bals[1:]:
+        ref = worst_by_seed.get(bals[0], {})
+        diffs = [w - ref[s] for s, w in sorted(worst_by_seed.get(bal, {}).items()) if s in ref]
+        table[bal]["worst_gain_vs_first"] = mean_ci(diffs)
     return {"base": {n: mean_ci(base_vals[n]) for n in names}, "balancers": table}
 
 
@@ -93,6 +104,9 @@ def format_table(summary: dict, names: list[str]) -> str:
     for n in names:
         rows.append([n, fmt(summary["base"][n])] + [fmt(summary["balancers"][b]["final"][n]) for b in bals])
     rows.append(["worst-reward gain", ""] + [fmt(summary["balancers"][b]["worst_gain"]) for b in bals])
+    if len(bals) > 1:
+        rows.append([f"worst gain - {bals[0]}'s (paired)", "", ""]
+                    + [fmt(summary["balancers"][b].get("worst_gain_vs_first", (float("nan"),) * 2)) for b in bals[1:]])
     widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
     lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |",
              "|" + "|".join("-" * (w + 2) for w in widths) + "|"]

@@ -84,7 +84,8 @@ class TrainConfig:
     stages: List[StageConfig] = field(default_factory=list)
     save_every: int = 0  # 0: only at the end
     eval_every: int = 0  # 0: only at the end when eval_prompts are given
-    eval_prompts_count: int = 8  # fixed held-out prompts per evaluation (one image each)
+    eval_prompts_count: int = 8  # fixed held-out prompts per evaluation
+    eval_images_per_prompt: int = 1  # images per eval prompt (fixed noise): more = a less noisy eval mean
     overlap_rewards: str = "auto"  # score block i while block i+1 samples: auto (on with CUDA) | true | false
     tensorboard: bool = True
     progress: bool = True
@@ -265,7 +266,8 @@ def _check(cfg: RunConfig, config_dir: str | None) -> None:
         if r.weight < 0:
             raise ConfigError(f"bad value {r.weight!r}: weights must be >= 0", key=f"rewards[{i}].weight")
     t = cfg.train
-    positive = ("iterations", "prompts_per_iteration", "group_size", "num_steps", "micro_batch", "optimizer_steps")
+    positive = ("iterations", "prompts_per_iteration", "group_size", "num_steps", "micro_batch", "optimizer_steps",
+                "eval_images_per_prompt")
     for name in positive:
         if getattr(t, name) < 1:
             raise ConfigError(f"bad value {getattr(t, name)!r}: must be >= 1", key=f"train.{name}")

@@ -624,13 +624,15 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self, iteration: int) -> dict:
-        """Score fixed held-out prompts (one image each, fixed noise) with the trained adapter."""
+        """Score fixed held-out prompts (``eval_images_per_prompt`` images each, fixed noise) with
+        the trained adapter. Logs each reward's mean and its standard error over the images."""
         t = self.cfg.train
         prompts = self.eval_prompts
         if not prompts:
             return {"iteration": iteration}
-        texts = [p.text for p in prompts]
-        metas = [dict(p.metadata) for p in prompts]
+        reps = t.eval_images_per_prompt
+        texts = [p.text for p in prompts for _ in range(reps)]
+        metas = [dict(p.metadata) for p in prompts for _ in range(reps)]
         cond = self.backbone.encode_prompts(texts)
         gen = torch.Generator().manual_seed(t.seed + 12345)
         images = []
@@ -644,10 +646,12 @@ class Trainer:
         for reward, name in list(zip(self.rewards, self.reward_names)) + list(zip(self.eval_rewards, self.eval_names)):
             s, m = self._score(reward, name, images, texts, metas)
             out[f"eval/{name}/mean"] = float(s[m].mean()) if m.any() else float("nan")
+            n = int(m.sum())
+            out[f"eval/{name}/stderr"] = float(s[m].double().std() / n ** 0.5) if n > 1 else float("nan")
         from marble.images import grid
 
         os.makedirs(os.path.join(self.run_dir, "images"), exist_ok=True)
-        img = grid(images, texts)
+        img = grid(images[::reps], texts[::reps])  # the grid shows each prompt's first image
         img.save(os.path.join(self.run_dir, "images", f"eval-{iteration:06d}.png"))
         if self.cfg.train.tensorboard:
             if self._writer is None:

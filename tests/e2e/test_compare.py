@@ -42,3 +42,30 @@ def test_compare_two_balancers_two_seeds(marble_plugin, tmp_path, capsys):
     # a second call reuses the finished runs and prints the same table
     assert main(["compare", str(path), "--balancers", "weighted_sum,marble", "--seeds", "0,1", "--out", str(out)]) == 0
     assert capsys.readouterr().out == text
+
+
+def test_paired_worst_gain_difference_against_hand_values(tmp_path):
+    """summarize(): worst gain per run = min over rewards of (last eval - base eval); the paired
+    row is the per-seed difference to the first balancer, mean and t-interval."""
+    from marble.compare import format_table, summarize
+
+    def run(name, base, final):
+        d = tmp_path / name
+        d.mkdir()
+        lines = [{"iteration": 0, **{f"eval/{k}/mean": v for k, v in base.items()}},
+                 {"iteration": 5, "reward/a/mean": 0.0},
+                 {"iteration": 10, **{f"eval/{k}/mean": v for k, v in final.items()}}]
+        (d / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+        return str(d)
+
+    b = {"a": 0.5, "b": 0.2}
+    runs = {"ws": {0: run("ws0", b, {"a": 0.9, "b": 0.1}), 1: run("ws1", b, {"a": 0.6, "b": 0.3})},
+            "mb": {0: run("mb0", b, {"a": 0.7, "b": 0.4}), 1: run("mb1", b, {"a": 0.55, "b": 0.5})}}
+    s = summarize(runs, ["a", "b"])
+    # ws worst gains: min(0.4, -0.1) = -0.1, min(0.1, 0.1) = 0.1; mb: min(0.2, 0.2) = 0.2, min(0.05, 0.3) = 0.05
+    assert math.isclose(s["balancers"]["ws"]["worst_gain"][0], 0.0, abs_tol=1e-12)
+    diffs = [0.2 - (-0.1), 0.05 - 0.1]
+    m, ci = s["balancers"]["mb"]["worst_gain_vs_first"]
+    assert math.isclose(m, sum(diffs) / 2, rel_tol=1e-9)
+    assert math.isclose(ci, 12.706 * abs(diffs[0] - diffs[1]) / math.sqrt(2) / math.sqrt(2), rel_tol=1e-9)
+    assert "worst gain - ws's (paired)" in format_table(s, ["a", "b"])

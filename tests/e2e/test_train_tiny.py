@@ -270,3 +270,31 @@ def test_third_party_balancer_plugin(marble_plugin, tmp_path):
     plugins = json.load(open(os.path.join(data["output_dir"], "plugins.json")))
     assert {"kind": "balancer", "name": "only_one"}.items() <= next(
         c for c in plugins["components"] if c["kind"] == "balancer").items()
+
+
+def test_eval_images_per_prompt_scores_every_image(plugin, tmp_path):
+    """eval_images_per_prompt=3: the eval mean and stderr are over 3 fixed-noise images per prompt
+    (reproduced here by sampling the repeated prompts with the same generator), the grid shows
+    each prompt once."""
+    from PIL import Image
+
+    data = config(tmp_path, "evalreps", iterations=1, eval_every=1, save_every=0, eval_images_per_prompt=3,
+                  eval_prompts_count=2)
+    trainer = Trainer(load_config(None, data=data))
+    out = trainer.evaluate(0)
+    texts = [p.text for p in trainer.eval_prompts for _ in range(3)]
+    assert len(texts) == 6
+    cond = trainer.backbone.encode_prompts(texts)
+    t = trainer.cfg.train
+    ro = trainer.backbone.sample(cond, num_steps=t.num_steps, generator=torch.Generator().manual_seed(t.seed + 12345),
+                                 adapter="trained", guidance_scale=t.guidance_scale, sampler=t.sampler)
+    red = Redness().score(ro.images.float().cpu(), texts, None).scores.double()
+    assert out["eval/redness/mean"] == pytest.approx(float(red.mean()), rel=1e-5, abs=1e-7)
+    assert out["eval/redness/stderr"] == pytest.approx(float(red.std() / 6 ** 0.5), rel=1e-4, abs=1e-8)
+    bright = Brightness().score(ro.images.float().cpu(), texts, None)
+    assert int(bright.mask.sum()) == 3  # "a bright red kite" x 3
+    assert out["eval/brightness_t/mean"] == pytest.approx(float(bright.scores[bright.mask].mean()), rel=1e-5)
+    grid = Image.open(os.path.join(data["output_dir"], "images", "eval-000000.png"))
+    one = Trainer(load_config(None, data=config(tmp_path, "evalone", iterations=1, eval_prompts_count=2)))
+    one.evaluate(0)
+    assert grid.size == Image.open(os.path.join(tmp_path, "evalone", "images", "eval-000000.png")).size
