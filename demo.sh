@@ -10,9 +10,9 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 [ -n "${MARBLE_SKIP_SETUP:-}" ] || scripts/setup_venv.sh
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 out="${MARBLE_DEMO_OUT:-runs/demo-$(date +%Y%m%d-%H%M%S)}"
-.venv/bin/marble compare configs/world_marble.yaml --balancers weighted_sum,marble --seeds 0 --out "$out" "$@" >/dev/null
+.venv/bin/marble compare configs/world_marble.yaml --balancers weighted_sum,marble --seeds 0 --jobs 2 --out "$out" "$@" >/dev/null
 .venv/bin/python -m marble_world.report --runs "$out/weighted_sum-seed0" "$out/marble-seed0" \
   --labels "weighted sum" "MARBLE" --out "$out/report"
 echo

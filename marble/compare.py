@@ -139,12 +139,17 @@ def run(args: argparse.Namespace) -> int:
     from marble.trainer import Trainer
 
     _quiet_libraries(args.debug)
+    todo = []
     for cfg in configs:
         if os.path.isdir(os.path.join(cfg.output_dir, "lora")):  # written last: the run is complete
             print(f"[compare] {cfg.output_dir} is complete, reusing it", file=sys.stderr)
             continue
         if list_checkpoints(cfg.output_dir):
             cfg.resume = cfg.output_dir
+        todo.append(cfg)
+    if args.jobs > 1 and len(todo) > 1:
+        _run_parallel(todo, args.jobs, out)
+    for cfg in todo if args.jobs <= 1 or len(todo) == 1 else []:
         print(f"[compare] {cfg.balancer.name} seed {cfg.train.seed} -> {cfg.output_dir}", file=sys.stderr)
         Trainer(cfg).train()
     summary = summarize(plan, names)
@@ -158,6 +163,50 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_parallel(configs: list, jobs: int, out: str) -> None:
+    """Train ``configs`` as ``jobs`` separate ``marble train`` processes at a time, one CPU thread
+    each unless OMP_NUM_THREADS says otherwise. Plugins must be installed (entry points): the
+    processes do not see plugins registered only in this one."""
+    import subprocess
+    import time
+
+    from omegaconf import OmegaConf
+
+    from marble.errors import MarbleError
+
+    cfg_dir = os.path.join(out, "configs")
+    os.makedirs(cfg_dir, exist_ok=True)
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    pending, running, failed = list(configs), [], []
+    while pending or running:
+        while pending and len(running) < jobs:
+            cfg = pending.pop(0)
+            name = os.path.basename(os.path.normpath(cfg.output_dir))
+            path = os.path.join(cfg_dir, f"{name}.yaml")
+            OmegaConf.save(OmegaConf.structured(cfg), path)
+            os.makedirs(cfg.output_dir, exist_ok=True)
+            log_path = os.path.join(out, f"{name}.log")
+            log = open(log_path, "w", encoding="utf-8")
+            cmd = [sys.executable, "-m", "marble.cli", "train", path, "train.progress=false"]
+            print(f"[compare] {cfg.balancer.name} seed {cfg.train.seed} -> {cfg.output_dir} (log {log_path})",
+                  file=sys.stderr)
+            running.append((cfg, log_path, log, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)))
+        time.sleep(0.2)
+        for item in list(running):
+            cfg, log_path, log, proc = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            log.close()
+            if proc.returncode != 0:
+                with open(log_path, encoding="utf-8") as f:
+                    tail = "".join(f.readlines()[-20:])
+                failed.append(f"{cfg.output_dir} (exit {proc.returncode}, log {log_path}):\n{tail}")
+    if failed:
+        raise MarbleError("compare: runs failed:\n" + "\n".join(failed))
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("compare", help="several balancers x seeds on one config: a table with 95% intervals",
                        description=__doc__)
@@ -166,4 +215,7 @@ def add_parser(sub) -> None:
     p.add_argument("--balancers", default="weighted_sum,marble", help="comma-separated balancer names")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     p.add_argument("--out", default=None, help="folder for the runs and the table (default OUTPUT_DIR-compare)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs trained at once, each its own process with one CPU thread (OMP_NUM_THREADS to "
+                        "change); needs the plugins installed, not only registered in-process (default 1)")
     p.set_defaults(func=run)

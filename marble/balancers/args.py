@@ -22,7 +22,7 @@ class MarbleArgs:
     rho: float = 0.7  # EMA of the coefficients (Eq. 12)
     solver: Optional[str] = None  # cvxpy solver name; None = automatic
     uniform_after: Optional[int] = None  # from this optimizer step on, use uniform alpha (paper's tip)
-    ema: str = "alpha"  # "alpha": Eq. 12 EMA on the QP's coefficients; "gram": EMA on the Gram matrix
+    ema: str = "alpha"  # what rho averages: "alpha" (Eq. 12), "gram" (the Gram), "gradient" (each g_k)
 
 
 @dataclass
@@ -30,4 +30,4 @@ class MarbleFullArgs:
     rho: float = 0.7
     solver: Optional[str] = None
     use_ema: bool = False  # apply abar instead of the fresh alpha* at every step
-    ema: str = "alpha"  # "alpha" (Eq. 12) or "gram" (EMA on the normalized Gram, QP on the average)
+    ema: str = "alpha"  # what rho averages: "alpha" (Eq. 12), "gram" (the Gram), "gradient" (each g_k)

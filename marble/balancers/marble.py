@@ -41,12 +41,13 @@ class Marble(Balancer):
 
             raise ConfigError(f"bad value {self.refresh_every!r}: must be >= 1", key="balancer.args.refresh_every")
         self.ema = str(getattr(args, "ema", "alpha"))
-        if self.ema not in ("alpha", "gram"):
+        if self.ema not in ("alpha", "gram", "gradient"):
             from marble.errors import ConfigError
 
-            raise ConfigError(f"bad value {self.ema!r}: must be 'alpha' or 'gram'", key="balancer.args.ema")
+            raise ConfigError(f"bad value {self.ema!r}: must be 'alpha', 'gram' or 'gradient'", key="balancer.args.ema")
         self._qp = None
         self.gram_bar = None  # ema="gram": running average of the normalized Gram (ALGORITHM.md 2.4)
+        self.grad_bar = None  # ema="gradient": running average of each reward's gradient [K, D], float32
         self.alpha_bar: list[float] = []
         self.norms: list[float] = []  # ||g_k|| cached at the last refresh
         self.mean_norm: float = 0.0
@@ -91,32 +92,60 @@ class Marble(Balancer):
         norms_t, gram = gram_of(g)  # Eq. 5: Gram of u_k = g_k / ||g_k||
         norms = [float(x) for x in norms_t]
         active = [i for i, n in enumerate(norms) if n > 0 and math.isfinite(n)]
+        # The norms that normalize each reward: this refresh's ||g_k|| (the paper), or with
+        # ema="gradient" the norm of the running average m_k, whose batch noise has averaged out.
+        scale = norms
         alpha = [0.0] * self.k
         if self.ema == "gram" and active:
             gram = self._average_gram(gram, active)
+        elif self.ema == "gradient" and active:
+            m = self._average_gradients(g, active)
+            m_norms, gram = gram_of(m)  # the QP sees the averaged directions
+            scale = [float(x) for x in m_norms]
+            active = [i for i in active if scale[i] > 0]
         if active:
             sub = gram[active][:, active]
             a = self._solve(sub)  # Eq. 6: min ||sum a_k u_k||^2 over the simplex
             for j, i in enumerate(active):
                 alpha[i] = float(a[j])
-            s = sum(norms[i] for i in active) / len(active)
+            s = sum(scale[i] for i in active) / len(active)
         else:  # every reward constant over the batch: nothing to follow
             alpha = [1.0 / self.k] * self.k
             s = 0.0
-        if self.ema == "gram":  # the average already smooths: the QP's answer is the coefficient
+        if self.ema in ("gram", "gradient"):  # the average already smooths: the QP's answer is the coefficient
             self.alpha_bar = list(alpha)
         else:  # Eq. 12: EMA of the coefficients (over the rewards that had a gradient).
             self.alpha_bar = [self.rho * b + (1 - self.rho) * a for b, a in zip(self.alpha_bar, alpha)]
-        self.norms, self.mean_norm = norms, s
+        self.norms, self.mean_norm = list(scale), s
         applied = self._refresh_alpha(alpha, step)
-        # Eq. 7: d = (sum_k alpha_k u_k) * mean_k ||g_k||.
+        # Eq. 7: d = (sum_k alpha_k u_k) * mean_k ||g_k||, u_k = g_k / ||g_k|| (ema="gradient": / ||m_k||).
         u = torch.zeros_like(g)
         for i in active:
-            u[i] = g[i] / norms[i]
+            u[i] = g[i] / scale[i]
         coef = torch.tensor(applied, dtype=torch.float64, device=g.device)
         direction = (coef @ u) * s if active else torch.zeros(g.shape[1], dtype=torch.float64, device=g.device)
         diag = self._diagnostics(g, norms_t, direction, alpha)
         return direction.to(grads.dtype), diag
+
+    def _average_gradients(self, g: torch.Tensor, active: list[int]) -> torch.Tensor:
+        """ema="gradient": m_k = rho m_k + (1 - rho) g_k for the rewards active now (first time: g_k).
+
+        Why: a refresh's g_k is signal plus batch noise, and ||g_k|| counts both. Dividing by it
+        shrinks the expected step of a noisy reward (prompt-specific ones, such as colour) next to
+        a consistent one (a global image statistic), so in expectation the QP's "equal progress"
+        favours the consistent reward. In m_k the noise averages out, so ||m_k|| tracks the signal.
+        The QP runs on the m_k; the step applies this refresh's g_k divided by ||m_k||, and the
+        amortized weights are abar_k * s / ||m_k|| (Proposition 1 holds as before)."""
+        if self.grad_bar is None or self.grad_bar.shape != g.shape:
+            self.grad_bar = torch.zeros(g.shape, dtype=torch.float32, device=g.device)
+            self._grad_seen = [False] * g.shape[0]
+        for i in active:
+            if self._grad_seen[i]:
+                self.grad_bar[i].mul_(self.rho).add_(g[i].to(torch.float32), alpha=1 - self.rho)
+            else:
+                self.grad_bar[i].copy_(g[i])
+                self._grad_seen[i] = True
+        return self.grad_bar.to(torch.float64)
 
     def _average_gram(self, gram, active: list[int]):
         """ema="gram": M_bar = rho M_bar + (1 - rho) M over the entries of the rewards active now
@@ -167,7 +196,8 @@ class Marble(Balancer):
     def state_dict(self) -> dict:
         return {"alpha_bar": list(self.alpha_bar), "norms": list(self.norms), "mean_norm": self.mean_norm,
                 "refreshes": self.refreshes, "conflicts": dict(self.conflicts),
-                "gram_bar": None if self.gram_bar is None else [[None if np.isnan(x) else float(x) for x in r] for r in self.gram_bar]}
+                "gram_bar": None if self.gram_bar is None else [[None if np.isnan(x) else float(x) for x in r] for r in self.gram_bar],
+                "grad_bar": None if self.grad_bar is None else (self.grad_bar.clone(), list(self._grad_seen))}
 
     def load_state_dict(self, state: dict) -> None:
         self.alpha_bar = [float(x) for x in state["alpha_bar"]]
@@ -175,6 +205,11 @@ class Marble(Balancer):
         self.mean_norm = float(state["mean_norm"])
         self.refreshes = int(state["refreshes"])
         self.conflicts = dict(state["conflicts"])
+        mb = state.get("grad_bar")
+        if mb is None:
+            self.grad_bar = None
+        else:
+            self.grad_bar, self._grad_seen = mb[0].clone(), list(mb[1])
         gb = state.get("gram_bar")
         if gb is None:
             self.gram_bar = None

@@ -120,3 +120,49 @@ def test_gram_ema_keeps_an_inactive_reward_out():
 def test_bad_ema_value_names_the_key():
     with pytest.raises(ConfigError, match="balancer.args.ema"):
         Marble(MarbleArgs(ema="grams"))
+
+
+def test_gradient_ema_normalizes_by_the_averaged_gradient():
+    b = _balancer(rho=0.7, ema="gradient")
+    grads = [_grads(s) for s in range(3)]
+    m = None
+    for i, g in enumerate(grads):
+        direction, diag = b.combine(g, step=i)
+        gn = g.numpy()
+        m = gn.copy() if m is None else 0.7 * m + 0.3 * gn
+        m_norms = np.linalg.norm(m, axis=1)
+        alpha = np.array([diag[f"alpha/{n}"] for n in NAMES])
+        np.testing.assert_allclose(alpha, _min_norm_reference(_unit_gram(m)), atol=2e-4)
+        s = m_norms.mean()
+        # the step: this refresh's gradients over the averaged norms, scaled by their mean
+        np.testing.assert_allclose(direction.numpy(), s * (alpha / m_norms) @ gn, rtol=1e-5, atol=1e-9)
+        # amortized weights reproduce the same step from the raw per-reward gradients (Proposition 1)
+        w = np.array(b.mix_weights(step=i + 1))
+        np.testing.assert_allclose(w @ gn, direction.numpy(), rtol=1e-5, atol=1e-9)
+    b2 = _balancer(rho=0.7, ema="gradient")
+    b2.load_state_dict(b.state_dict())
+    g = _grads(7)
+    assert torch.equal(b.combine(g, step=3)[0], b2.combine(g, step=3)[0])
+
+
+@pytest.mark.parametrize("noise", [3.0, 6.0])
+def test_gradient_ema_reduces_the_bias_against_a_noisy_reward(noise):
+    """Reward a: a consistent gradient. Reward b: an orthogonal signal of the same size buried in
+    batch noise. Dividing by the noisy ||g_b|| shrinks b's expected share of the step (the paper's
+    normalization); dividing by the averaged gradient's norm shrinks it much less."""
+    rng = np.random.default_rng(0)
+    d = 400
+    s_a, s_b = np.zeros(d), np.zeros(d)
+    s_a[0], s_b[1] = 1.0, 1.0
+    batches = [np.stack([s_a + 0.05 * rng.normal(size=d) / np.sqrt(d),
+                         s_b + noise * rng.normal(size=d) / np.sqrt(d)]) for _ in range(300)]
+    share = {}
+    for ema in ("alpha", "gradient"):
+        b = Marble(MarbleArgs(rho=0.7, ema=ema))
+        b.setup(["a", "b"], [1.0, 1.0])
+        total = np.zeros(d)
+        for i, g in enumerate(batches):
+            total += b.combine(torch.tensor(g), step=i)[0].numpy()
+        share[ema] = total[1] / total[0]  # b's progress relative to a's, in expectation 1 if unbiased
+    assert share["alpha"] < 0.5  # the bias this option addresses
+    assert share["gradient"] > 1.5 * share["alpha"]
