@@ -125,6 +125,9 @@ class Marble(Balancer):
         coef = torch.tensor(applied, dtype=torch.float64, device=g.device)
         direction = (coef @ u) * s if active else torch.zeros(g.shape[1], dtype=torch.float64, device=g.device)
         diag = self._diagnostics(g, norms_t, direction, alpha)
+        if self.ema == "gradient":
+            for name, n in zip(self.names, scale):
+                diag[f"grad_norm_avg/{name}"] = float(n)  # ||m_k||: what normalized reward k
         return direction.to(grads.dtype), diag
 
     def _average_gradients(self, g: torch.Tensor, active: list[int]) -> torch.Tensor:
