@@ -139,3 +139,13 @@ def test_save_grid_layout(tmp_path):
     report.save_grid([Image.new("RGB", (32, 32))], ["c"], tmp_path / "i.png")
     with pytest.raises(ValueError, match="2 images but 1 prompts"):
         report.save_grid(imgs[:2], ["x"], tmp_path / "j.png")
+
+
+def test_table_has_the_worst_reward_gain_row():
+    from marble_world.report import markdown_table
+
+    table = {"a": {"base": 0.5, "ws": 0.7, "mb": 0.55}, "b": {"base": 0.2, "ws": 0.1, "mb": 0.3}}
+    text = markdown_table(["base", "ws", "mb"], table)
+    last = text.splitlines()[-1]
+    # ws: min(+0.2, -0.1) = -0.1; mb: min(+0.05, +0.1) = +0.05 (the better one, in bold)
+    assert last == "| worst-reward gain | | -0.1 | **+0.05** |"

@@ -124,6 +124,15 @@ def markdown_table(columns: Sequence[str], table: dict[str, dict[str, float]]) -
                 s = f"{row[c]:.4g}"
                 cells.append(f"**{s}**" if c != "base" and row[c] == best and len(columns) > 2 else s)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    runs = [c for c in columns if c != "base"]
+    if "base" in columns and table and all("base" in row for row in table.values()):
+        # the headline number: each run's smallest improvement over the base model
+        worst = {c: min(row[c] - row["base"] for row in table.values()) for c in runs
+                 if all(c in row for row in table.values())}
+        best = max(worst.values(), default=None)
+        cells = ["-" if c not in worst else (f"**{worst[c]:+.4g}**" if worst[c] == best and len(worst) > 1
+                                              else f"{worst[c]:+.4g}") for c in runs]
+        lines.append("| worst-reward gain | | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
