@@ -13,9 +13,9 @@ CONFIGS = sorted(f for f in os.listdir(os.path.join(ROOT, "configs"))
                  if f.endswith(".yaml") and not f.startswith("accelerate"))
 
 
-def marble(*args):
+def marble(*args, env=None):
     return subprocess.run([sys.executable, "-m", "marble.cli", *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                          cwd=ROOT, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -28,7 +28,13 @@ def test_dry_run(name):
 
 
 def test_missing_model_folder_is_a_clear_error(tmp_path):
+    # MARBLE_DATA (the documented switch) points the shipped config at small local prompt files,
+    # so this runs without ../shared/data beside the checkout
+    data = tmp_path / "data" / "prompts"
+    data.mkdir(parents=True)
+    for name in ("pickscore_train", "ocr_test", "pickscore_test"):
+        (data / f"{name}.txt").write_text('a red apple\na sign that says "hello"\n')
     res = marble("train", "configs/sd35m_marble.yaml", "backbone.args.model=/no/such/folder",
-                 f"output_dir={tmp_path / 'run'}")
+                 f"output_dir={tmp_path / 'run'}", env={"MARBLE_DATA": str(tmp_path / "data")})
     assert res.returncode == 2
     assert "/no/such/folder" in res.stderr and "backbone 'sd3'" in res.stderr and "Traceback" not in res.stderr
