@@ -65,7 +65,9 @@ def final_scores(lines: list[dict], names: list[str]) -> tuple[dict, dict]:
 
 def summarize(runs: dict[str, dict[int, str]], names: list[str]) -> dict:
     """runs: balancer -> seed -> run folder. Returns the table data."""
-    base_vals: dict[str, list[float]] = {n: [] for n in names}
+    # The base model's eval depends on the seed (its eval noise), not on the balancer: one value
+    # per seed, so that the interval counts seeds, not runs.
+    base_by_seed: dict[int, dict[str, float]] = {}
     table: dict[str, dict] = {}
     worst_by_seed: dict[str, dict[int, float]] = {}
     for bal, seeds in runs.items():
@@ -75,8 +77,8 @@ def summarize(runs: dict[str, dict[int, str]], names: list[str]) -> dict:
             base, fin = final_scores(read_metrics(run), names)
             for n in names:
                 finals[n].append(fin[n])
-                if base:
-                    base_vals[n].append(base[n])
+            if base:
+                base_by_seed.setdefault(seed, base)
             if base:
                 worst.append(min(fin[n] - base[n] for n in names))
                 worst_by_seed.setdefault(bal, {})[seed] = worst[-1]
@@ -89,6 +91,7 @@ def summarize(runs: dict[str, dict[int, str]], names: list[str]) -> dict:
         ref = worst_by_seed.get(bals[0], {})
         diffs = [w - ref[s] for s, w in sorted(worst_by_seed.get(bal, {}).items()) if s in ref]
         table[bal]["worst_gain_vs_first"] = mean_ci(diffs)
+    base_vals = {n: [b[n] for _, b in sorted(base_by_seed.items())] for n in names}
     return {"base": {n: mean_ci(base_vals[n]) for n in names}, "balancers": table}
 
 

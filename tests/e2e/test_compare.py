@@ -94,3 +94,20 @@ def test_parallel_jobs_give_the_same_runs_as_in_process(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "runs failed" in err and "/nonexistent/model" in err
+
+
+def test_base_interval_counts_seeds_not_runs(tmp_path):
+    """Two balancers on the same two seeds: the base column is the mean over the 2 seeds with a
+    2-value interval (each seed's base counted once, not once per balancer)."""
+    from marble.compare import summarize
+
+    def run(name, base):
+        d = tmp_path / name
+        d.mkdir()
+        rows = [{"iteration": 0, "eval/a/mean": base}, {"iteration": 3, "eval/a/mean": base + 0.1}]
+        (d / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in rows))
+        return str(d)
+
+    runs = {"x": {0: run("x0", 0.2), 1: run("x1", 0.4)}, "y": {0: run("y0", 0.2), 1: run("y1", 0.4)}}
+    m, ci = summarize(runs, ["a"])["base"]["a"]
+    assert math.isclose(m, 0.3) and math.isclose(ci, 12.706 * (0.2 / math.sqrt(2)) / math.sqrt(2), rel_tol=1e-9)
