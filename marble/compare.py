@@ -166,9 +166,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _iterations_done(run_dir: str) -> int:
+    try:
+        with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
+            return sum(1 for line in f if '"step"' in line)
+    except OSError:
+        return 0
+
+
 def _run_parallel(configs: list, jobs: int, out: str) -> None:
     """Train ``configs`` as ``jobs`` separate ``marble train`` processes at a time, one CPU thread
-    each unless OMP_NUM_THREADS says otherwise. Plugins must be installed (entry points): the
+    each unless OMP_NUM_THREADS says otherwise. Each run logs to OUT/<run>.log; a progress bar
+    per run (on a terminal, or with MARBLE_PROGRESS=1) follows its metrics.jsonl. Plugins must be installed (entry points): the
     processes do not see plugins registered only in this one."""
     import subprocess
     import time
@@ -182,6 +191,8 @@ def _run_parallel(configs: list, jobs: int, out: str) -> None:
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
     pending, running, failed = list(configs), [], []
+    bars: dict = {}
+    progress = sys.stderr.isatty() or os.environ.get("MARBLE_PROGRESS") == "1"
     while pending or running:
         while pending and len(running) < jobs:
             cfg = pending.pop(0)
@@ -195,13 +206,24 @@ def _run_parallel(configs: list, jobs: int, out: str) -> None:
             print(f"[compare] {cfg.balancer.name} seed {cfg.train.seed} -> {cfg.output_dir} (log {log_path})",
                   file=sys.stderr)
             running.append((cfg, log_path, log, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)))
-        time.sleep(0.2)
+            if progress and cfg.train.progress:
+                from tqdm.auto import tqdm
+
+                bars[cfg.output_dir] = tqdm(total=cfg.train.iterations, desc=name, position=len(bars),
+                                            unit="it", dynamic_ncols=True, file=sys.stderr)
+        time.sleep(0.5)
         for item in list(running):
             cfg, log_path, log, proc = item
+            bar = bars.get(cfg.output_dir)
+            if bar is not None:  # one metrics line per finished training iteration (they carry "step")
+                bar.update(_iterations_done(cfg.output_dir) - bar.n)
             if proc.poll() is None:
                 continue
             running.remove(item)
             log.close()
+            if bar is not None:
+                bar.update(_iterations_done(cfg.output_dir) - bar.n)
+                bar.close()
             if proc.returncode != 0:
                 with open(log_path, encoding="utf-8") as f:
                     tail = "".join(f.readlines()[-20:])
