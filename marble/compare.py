@@ -177,12 +177,10 @@ def _iterations_done(run_dir: str) -> int:
 def _run_parallel(configs: list, jobs: int, out: str) -> None:
     """Train ``configs`` as ``jobs`` separate ``marble train`` processes at a time, one CPU thread
     each unless OMP_NUM_THREADS says otherwise. Each run logs to OUT/<run>.log; a progress bar
-    per run (on a terminal, or with MARBLE_PROGRESS=1) follows its metrics.jsonl. Plugins must be installed (entry points): the
-    processes do not see plugins registered only in this one."""
+    per run (on a terminal, or with MARBLE_PROGRESS=1) follows its metrics.jsonl. Plugins must be
+    installed (entry points): the processes do not see plugins registered only in this one. An
+    interrupt (Ctrl-C, SIGTERM) stops the runs still going; their checkpoints let a rerun resume."""
     import subprocess
-    import time
-
-    from omegaconf import OmegaConf
 
     from marble.errors import MarbleError
 
@@ -193,6 +191,37 @@ def _run_parallel(configs: list, jobs: int, out: str) -> None:
     pending, running, failed = list(configs), [], []
     bars: dict = {}
     progress = sys.stderr.isatty() or os.environ.get("MARBLE_PROGRESS") == "1"
+    import signal
+    import threading
+
+    def _stop(signum, frame):  # SIGTERM as Ctrl-C: stop the runs below too, not only this process
+        raise KeyboardInterrupt
+
+    old_term = signal.signal(signal.SIGTERM, _stop) if threading.current_thread() is threading.main_thread() else None
+    try:
+        _drive(pending, running, failed, bars, jobs, cfg_dir, out, env, progress)
+    finally:
+        for _, _, log, proc in running:  # only left here when interrupted
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            log.close()
+        for bar in bars.values():
+            bar.close()
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+    if failed:
+        raise MarbleError("compare: runs failed:\n" + "\n".join(failed))
+
+
+def _drive(pending, running, failed, bars, jobs, cfg_dir, out, env, progress) -> None:
+    import subprocess
+    import time
+
+    from omegaconf import OmegaConf
+
     while pending or running:
         while pending and len(running) < jobs:
             cfg = pending.pop(0)
@@ -228,8 +257,6 @@ def _run_parallel(configs: list, jobs: int, out: str) -> None:
                 with open(log_path, encoding="utf-8") as f:
                     tail = "".join(f.readlines()[-20:])
                 failed.append(f"{cfg.output_dir} (exit {proc.returncode}, log {log_path}):\n{tail}")
-    if failed:
-        raise MarbleError("compare: runs failed:\n" + "\n".join(failed))
 
 
 def add_parser(sub) -> None:

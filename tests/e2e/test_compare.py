@@ -111,3 +111,41 @@ def test_base_interval_counts_seeds_not_runs(tmp_path):
     runs = {"x": {0: run("x0", 0.2), 1: run("x1", 0.4)}, "y": {0: run("y0", 0.2), 1: run("y1", 0.4)}}
     m, ci = summarize(runs, ["a"])["base"]["a"]
     assert math.isclose(m, 0.3) and math.isclose(ci, 12.706 * (0.2 / math.sqrt(2)) / math.sqrt(2), rel_tol=1e-9)
+
+
+def test_parallel_jobs_stop_with_the_command(tmp_path):
+    """SIGTERM (or Ctrl-C) to `marble compare --jobs 2` stops its training processes too."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = tmp_path / "stopme"
+    proc = subprocess.Popen([sys.executable, "-m", "marble.cli", "compare", os.path.join(root, "configs", "world_marble.yaml"),
+                             "--seeds", "0", "--jobs", "2", "--out", str(out), "train.iterations=500"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=root)
+
+    def children():  # processes whose command line names this test's run configs (Linux /proc)
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+                with open(f"/proc/{pid}/stat") as f:
+                    zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"
+            except OSError:
+                continue
+            if str(out / "configs") in cmd and not zombie:
+                found.append(pid)
+        return found
+
+    deadline = time.time() + 120
+    while len(children()) < 2 and time.time() < deadline:
+        time.sleep(0.5)
+    assert len(children()) == 2
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "interrupted" in err
+    assert children() == []
