@@ -11,7 +11,9 @@ worst-reward gain over the base model.
 
 A variant's first word ``@PATH`` trains that config file instead of the positional one.
 
-Runs whose ``lora/`` folder exists are reused, so an interrupted sweep continues where it stopped.
+Every run is validated before any trains. Runs whose ``lora/`` folder exists are reused and runs
+with a checkpoint resume, so an interrupted sweep continues where it stopped. The runs go through
+``marble.compare.run_parallel`` (logs in OUT/<run>.log, configs in OUT/configs/).
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -39,9 +40,14 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=1, help="processes at once")
     ap.add_argument("--out", required=True)
     ap.add_argument("--common", default="", help="overrides applied to every run (space-separated)")
-    ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--timeout", type=float, default=None, help="stop launching new runs after this many seconds")
     a = ap.parse_args(argv)
+    from marble.checkpoint import list_checkpoints
+    from marble.compare import format_table, run_parallel, summarize
+    from marble.config import load_config, validate_components
+    from marble.errors import MarbleError
+
+    start = time.time()
     variants = [parse_variant(v) for v in a.variant]
     seeds = [int(s) for s in a.seeds.split(",") if s]
     os.makedirs(a.out, exist_ok=True)
@@ -50,42 +56,23 @@ def main(argv=None) -> int:
         for label, ov in variants:
             run_dir = os.path.join(a.out, f"{label}-seed{seed}")
             plan.setdefault(label, {})[seed] = run_dir
-            if os.path.isdir(os.path.join(run_dir, "lora")):
+            if os.path.isdir(os.path.join(run_dir, "lora")):  # written last: the run is complete
                 continue
             config = a.config
             if ov and ov[0].startswith("@"):
                 config, ov = ov[0][1:], ov[1:]
-            cmd = [a.python, "-m", "marble.cli", "train", config, *a.common.split(), *ov,
-                   f"train.seed={seed}", f"output_dir={run_dir}"]
-            todo.append((label, seed, run_dir, cmd))
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env.setdefault("MKL_NUM_THREADS", "1")
-    start = time.time()
-    running: list = []
-    failed = []
-    while todo or running:
-        while todo and len(running) < a.jobs and (a.timeout is None or time.time() - start < a.timeout):
-            label, seed, run_dir, cmd = todo.pop(0)
-            os.makedirs(run_dir, exist_ok=True)
-            log = open(os.path.join(run_dir, "train.log"), "w")
-            running.append((label, seed, run_dir, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), time.time()))
-        if a.timeout is not None and time.time() - start >= a.timeout:
-            todo.clear()
-        for item in list(running):
-            label, seed, run_dir, proc, t0 = item
-            if proc.poll() is not None:
-                running.remove(item)
-                status = "ok" if proc.returncode == 0 else f"FAILED rc={proc.returncode}"
-                print(f"[sweep {time.time() - start:6.0f}s] {label} seed {seed}: {status} ({time.time() - t0:.0f}s)", flush=True)
-                if proc.returncode != 0:
-                    failed.append(run_dir)
-                    with open(os.path.join(run_dir, "train.log")) as f:
-                        print("".join(f.readlines()[-15:]), flush=True)
-        time.sleep(0.5)
-    from marble.compare import format_table, summarize
-    from marble.config import load_config
-
+            cfg = load_config(config, [*a.common.split(), *ov, f"train.seed={seed}", f"output_dir={run_dir}"])
+            validate_components(cfg)  # every run is checked before any trains
+            if list_checkpoints(run_dir):
+                cfg.resume = run_dir
+            todo.append(cfg)
+    failed = False
+    try:
+        run_parallel(todo, a.jobs, a.out, launch_until=None if a.timeout is None else start + a.timeout)
+    except MarbleError as exc:  # summarize the runs that did finish
+        print(exc, file=sys.stderr)
+        failed = True
+    print(f"[sweep] {time.time() - start:.0f} s", file=sys.stderr)
     cfg = load_config(a.config, a.common.split())
     names = [r.name for r in cfg.rewards] + [r.name for r in cfg.eval_rewards]
     done = {lab: {s: d for s, d in runs.items() if os.path.isdir(os.path.join(d, "lora"))} for lab, runs in plan.items()}

@@ -79,7 +79,6 @@ def summarize(runs: dict[str, dict[int, str]], names: list[str]) -> dict:
                 finals[n].append(fin[n])
             if base:
                 base_by_seed.setdefault(seed, base)
-            if base:
                 worst.append(min(fin[n] - base[n] for n in names))
                 worst_by_seed.setdefault(bal, {})[seed] = worst[-1]
         table[bal] = {"final": {n: mean_ci(finals[n]) for n in names}, "worst_gain": mean_ci(worst),
@@ -151,10 +150,11 @@ def run(args: argparse.Namespace) -> int:
             cfg.resume = cfg.output_dir
         todo.append(cfg)
     if args.jobs > 1 and len(todo) > 1:
-        _run_parallel(todo, args.jobs, out)
-    for cfg in todo if args.jobs <= 1 or len(todo) == 1 else []:
-        print(f"[compare] {cfg.balancer.name} seed {cfg.train.seed} -> {cfg.output_dir}", file=sys.stderr)
-        Trainer(cfg).train()
+        run_parallel(todo, args.jobs, out)
+    else:
+        for cfg in todo:
+            print(f"[compare] {cfg.balancer.name} seed {cfg.train.seed} -> {cfg.output_dir}", file=sys.stderr)
+            Trainer(cfg).train()
     summary = summarize(plan, names)
     text = format_table(summary, names)
     print(text)
@@ -174,39 +174,75 @@ def _iterations_done(run_dir: str) -> int:
         return 0
 
 
-def _run_parallel(configs: list, jobs: int, out: str) -> None:
+def run_parallel(configs: list, jobs: int, out: str, launch_until: float | None = None) -> None:
     """Train ``configs`` as ``jobs`` separate ``marble train`` processes at a time, one CPU thread
     each unless OMP_NUM_THREADS says otherwise. Each run logs to OUT/<run>.log; a progress bar
     per run (on a terminal, or with MARBLE_PROGRESS=1) follows its metrics.jsonl. Plugins must be
     installed (entry points): the processes do not see plugins registered only in this one. An
-    interrupt (Ctrl-C, SIGTERM) stops the runs still going; their checkpoints let a rerun resume."""
+    interrupt (Ctrl-C, SIGTERM) stops the runs still going; their checkpoints let a rerun resume.
+    ``launch_until`` (a ``time.time()``): start no run after it, finish the ones started. Raises
+    MarbleError naming every failed run (with its log's tail) once all have ended."""
+    import signal
     import subprocess
+    import threading
+    import time
 
+    from omegaconf import OmegaConf
+
+    from marble.distributed import stop_process
     from marble.errors import MarbleError
 
     cfg_dir = os.path.join(out, "configs")
     os.makedirs(cfg_dir, exist_ok=True)
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
-    pending, running, failed = list(configs), [], []
-    bars: dict = {}
+    pending, running, failed, bars = list(configs), [], [], {}
     progress = sys.stderr.isatty() or os.environ.get("MARBLE_PROGRESS") == "1"
-    import signal
-    import threading
 
     def _stop(signum, frame):  # SIGTERM as Ctrl-C: stop the runs below too, not only this process
         raise KeyboardInterrupt
 
     old_term = signal.signal(signal.SIGTERM, _stop) if threading.current_thread() is threading.main_thread() else None
     try:
-        _drive(pending, running, failed, bars, jobs, cfg_dir, out, env, progress)
+        while pending or running:
+            if launch_until is not None and time.time() >= launch_until:
+                pending.clear()
+            while pending and len(running) < jobs:
+                cfg = pending.pop(0)
+                name = os.path.basename(os.path.normpath(cfg.output_dir))
+                path = os.path.join(cfg_dir, f"{name}.yaml")
+                OmegaConf.save(OmegaConf.structured(cfg), path)
+                os.makedirs(cfg.output_dir, exist_ok=True)
+                log_path = os.path.join(out, f"{name}.log")
+                log = open(log_path, "w", encoding="utf-8")
+                cmd = [sys.executable, "-m", "marble.cli", "train", path, "train.progress=false"]
+                print(f"[compare] {cfg.balancer.name} seed {cfg.train.seed} -> {cfg.output_dir} (log {log_path})",
+                      file=sys.stderr)
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+                running.append((cfg, log_path, log, proc))
+                if progress and cfg.train.progress:
+                    from tqdm.auto import tqdm
+
+                    bars[cfg.output_dir] = tqdm(total=cfg.train.iterations, desc=name, position=len(bars),
+                                                unit="it", dynamic_ncols=True, file=sys.stderr)
+            time.sleep(0.5)
+            for item in list(running):
+                cfg, log_path, log, proc = item
+                done = proc.poll() is not None
+                bar = bars.get(cfg.output_dir)
+                if bar is not None:  # one metrics line per finished training iteration (they carry "step")
+                    bar.update(_iterations_done(cfg.output_dir) - bar.n)
+                if not done:
+                    continue
+                running.remove(item)
+                log.close()
+                if proc.returncode != 0:
+                    with open(log_path, encoding="utf-8") as f:
+                        tail = "".join(f.readlines()[-20:])
+                    failed.append(f"{cfg.output_dir} (exit {proc.returncode}, log {log_path}):\n{tail}")
     finally:
         for _, _, log, proc in running:  # only left here when interrupted
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_process(proc)
             log.close()
         for bar in bars.values():
             bar.close()
@@ -214,49 +250,6 @@ def _run_parallel(configs: list, jobs: int, out: str) -> None:
             signal.signal(signal.SIGTERM, old_term)
     if failed:
         raise MarbleError("compare: runs failed:\n" + "\n".join(failed))
-
-
-def _drive(pending, running, failed, bars, jobs, cfg_dir, out, env, progress) -> None:
-    import subprocess
-    import time
-
-    from omegaconf import OmegaConf
-
-    while pending or running:
-        while pending and len(running) < jobs:
-            cfg = pending.pop(0)
-            name = os.path.basename(os.path.normpath(cfg.output_dir))
-            path = os.path.join(cfg_dir, f"{name}.yaml")
-            OmegaConf.save(OmegaConf.structured(cfg), path)
-            os.makedirs(cfg.output_dir, exist_ok=True)
-            log_path = os.path.join(out, f"{name}.log")
-            log = open(log_path, "w", encoding="utf-8")
-            cmd = [sys.executable, "-m", "marble.cli", "train", path, "train.progress=false"]
-            print(f"[compare] {cfg.balancer.name} seed {cfg.train.seed} -> {cfg.output_dir} (log {log_path})",
-                  file=sys.stderr)
-            running.append((cfg, log_path, log, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)))
-            if progress and cfg.train.progress:
-                from tqdm.auto import tqdm
-
-                bars[cfg.output_dir] = tqdm(total=cfg.train.iterations, desc=name, position=len(bars),
-                                            unit="it", dynamic_ncols=True, file=sys.stderr)
-        time.sleep(0.5)
-        for item in list(running):
-            cfg, log_path, log, proc = item
-            bar = bars.get(cfg.output_dir)
-            if bar is not None:  # one metrics line per finished training iteration (they carry "step")
-                bar.update(_iterations_done(cfg.output_dir) - bar.n)
-            if proc.poll() is None:
-                continue
-            running.remove(item)
-            log.close()
-            if bar is not None:
-                bar.update(_iterations_done(cfg.output_dir) - bar.n)
-                bar.close()
-            if proc.returncode != 0:
-                with open(log_path, encoding="utf-8") as f:
-                    tail = "".join(f.readlines()[-20:])
-                failed.append(f"{cfg.output_dir} (exit {proc.returncode}, log {log_path}):\n{tail}")
 
 
 def add_parser(sub) -> None:

@@ -261,6 +261,16 @@ class Distributed:
 
 
 # -------------------------------------------------------------------- the launcher
+def stop_process(proc: "subprocess.Popen", grace: float = 30.0) -> None:
+    """SIGTERM ``proc``; SIGKILL it if it is still running after ``grace`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -313,12 +323,7 @@ def launch(config: str, overrides: Sequence[str], num_processes: int, *, debug: 
     try:
         code = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         print(f"error: distributed training did not finish within {timeout:.0f} s; stopped it", file=sys.stderr)
         shutil.rmtree(errors, ignore_errors=True)
         return 1
