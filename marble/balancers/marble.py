@@ -127,7 +127,7 @@ class Marble(Balancer):
         diag = self._diagnostics(g, norms_t, direction, alpha)
         if self.ema == "gradient":
             for name, n in zip(self.names, scale):
-                diag[f"grad_norm_avg/{name}"] = float(n)  # ||m_k||: what normalized reward k
+                diag[f"grad_norm_avg/{name}"] = float(n)  # ||m_k||: what reward k was divided by
         return direction.to(grads.dtype), diag
 
     def _average_gradients(self, g: torch.Tensor, active: list[int]) -> torch.Tensor:
