@@ -80,6 +80,11 @@ class TrainConfig:
     adam_eps: float = 1e-8
     max_grad_norm: float = 1.0
     adv_std: str = "global"  # global | group
+    # The (t, eps) each sample trains on (ALGORITHM.md 1.5): "sample" draws them per sample (the
+    # papers); "group" shares one draw across a prompt's group (common random numbers: within a
+    # group the advantages sum to zero, so the part of the gradient that depends on (t, eps) alone
+    # cancels, and the per-reward gradients are far less noisy at small batches).
+    loss_noise: str = "sample"  # sample | group
     old_update: OldUpdateConfig = field(default_factory=OldUpdateConfig)
     stages: List[StageConfig] = field(default_factory=list)
     save_every: int = 0  # 0: only at the end
@@ -105,6 +110,7 @@ class RunConfig:
 
 
 CHOICES = {"train.sampler": ("euler", "dpm2"), "train.adv_std": ("global", "group"),
+           "train.loss_noise": ("sample", "group"),
            "train.overlap_rewards": ("auto", "true", "false")}
 
 
@@ -271,6 +277,10 @@ def _check(cfg: RunConfig, config_dir: str | None) -> None:
     for name in positive:
         if getattr(t, name) < 1:
             raise ConfigError(f"bad value {getattr(t, name)!r}: must be >= 1", key=f"train.{name}")
+    if t.loss_noise == "group" and t.optimizer_steps > t.prompts_per_iteration:
+        raise ConfigError(f"train.loss_noise=group keeps each prompt group in one optimizer step, so "
+                          f"train.optimizer_steps ({t.optimizer_steps}) must be <= train.prompts_per_iteration "
+                          f"({t.prompts_per_iteration})", key="train.optimizer_steps")
     if t.timesteps_per_sample is not None and not 1 <= t.timesteps_per_sample <= t.num_steps:
         raise ConfigError(f"bad value {t.timesteps_per_sample!r}: must be in 1..train.num_steps ({t.num_steps})",
                           key="train.timesteps_per_sample")

@@ -53,7 +53,8 @@ class TrainBatch:
     timesteps: torch.Tensor  # the sampler's times [S]
     noise_seed: int  # fresh eps per (timestep, micro-batch), drawn from this seed
     # Data parallel: the global index of each sample (eps then comes from (noise_seed, index,
-    # timestep slot), independent of how samples are split into ranks and micro-batches), and the
+    # timestep slot), independent of how samples are split into ranks and micro-batches; with
+    # train.loss_noise=group the index of its prompt group, so a group shares eps), and the
     # valid counts n_k / sample count of the whole optimizer step over all ranks (None: this batch).
     sample_ids: torch.Tensor | None = None
     counts: torch.Tensor | None = None
@@ -587,9 +588,16 @@ class Trainer:
         S = timesteps.shape[0]
         T = t.timesteps_per_sample or S
         gen = torch.Generator().manual_seed(t.seed * 104729 + it)
-        t_index = torch.stack([torch.randperm(S, generator=gen)[:T] for _ in range(N)])
+        if t.loss_noise == "group":  # one (t, eps) draw per prompt group, shared by its images
+            per_group = torch.stack([torch.randperm(S, generator=gen)[:T] for _ in range(int(groups.max()) + 1)])
+            t_index, noise_ids = per_group[groups], groups
+        else:
+            t_index, noise_ids = torch.stack([torch.randperm(S, generator=gen)[:T] for _ in range(N)]), torch.arange(N)
         order = torch.randperm(N, generator=gen)
         chunks = order.chunk(t.optimizer_steps)
+        if t.loss_noise == "group":  # keep each group in one optimizer step, so its shared draw cancels there
+            chunks = [torch.cat([torch.nonzero(groups == g)[:, 0] for g in part.tolist()])
+                      for part in torch.randperm(int(groups.max()) + 1, generator=gen).chunk(t.optimizer_steps)]
         losses = torch.zeros(r.shape[1], dtype=torch.float64)
         kl = 0.0
         for c, chunk in enumerate(chunks):
@@ -599,7 +607,7 @@ class Trainer:
             batch = TrainBatch(latents[local.to(latents.device)], _select(cond, local.to(next(iter(cond.values())).device)),
                                r[idx], valid[idx], t_index[idx], timesteps,
                                noise_seed=(t.seed * 1_000_003 + it) * 131 + c,
-                               sample_ids=idx, counts=valid[chunk].sum(0), size=len(chunk))
+                               sample_ids=noise_ids[idx], counts=valid[chunk].sum(0), size=len(chunk))
             logs = self.optimizer_step(batch)
             losses += logs.pop("_loss")
             kl += logs.pop("kl")

@@ -180,3 +180,38 @@ def test_kl_term_outside_balancing(plugin, tmp_path, sd3_medium_tiny):
     mixed, _, _ = trainer.gradients(batch, w)
     expected = sum(wk * g for wk, g in zip(w, per_reward)) + kl_grad
     assert rel(mixed, expected) < 1e-10
+
+
+def _identical_group(trainer, n=4, T=2):
+    g = torch.Generator().manual_seed(0)
+    bb = trainer.backbone
+    cond = bb.encode_prompts(["a red square"])
+    ro = bb.sample(cond, num_steps=4, generator=g, adapter="old")
+    latents = ro.latents.detach().repeat(n, *([1] * (ro.latents.dim() - 1)))
+    cond = {k: v.repeat(n, *([1] * (v.dim() - 1))) for k, v in cond.items()}
+    adv = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    adv = (adv - adv.mean(0)) / adv.std(0)  # a group's advantages: mean zero, |A| < A_max
+    r = optimality_probability(adv, 5.0)
+    valid = torch.ones(n, 3, dtype=torch.bool)
+    shared = torch.randperm(4, generator=g)[:T]
+    return latents, cond, r, valid, shared, ro.timesteps
+
+
+def test_shared_draw_cancels_an_identical_group_exactly(plugin, tmp_path, sd3_medium_tiny):
+    """train.loss_noise=group (common random numbers): a group's advantages sum to zero, so with
+    one shared (t, eps) draw the part of each sample's gradient that depends on (t, eps) alone
+    cancels. A group of identical images carries no preference, and at the start of training
+    (trained adapter = old adapter) its gradient is exactly zero with a shared draw - but not
+    with per-sample draws, where only the noise is left."""
+    trainer = make_trainer(tmp_path, sd3_medium_tiny, micro_batch=3)  # the group spans micro-batches
+    latents, cond, r, valid, shared, ts = _identical_group(trainer)
+    n = latents.shape[0]
+    group = TrainBatch(latents, cond, r, valid, shared.repeat(n, 1), ts, noise_seed=7,
+                       sample_ids=torch.zeros(n, dtype=torch.long))
+    per_sample = TrainBatch(latents, cond, r, valid, torch.stack([torch.randperm(4)[:2] for _ in range(n)]), ts,
+                            noise_seed=7, sample_ids=torch.arange(n))
+    g_group, _, _ = trainer.gradients(group, None)
+    g_sample, _, _ = trainer.gradients(per_sample, None)
+    for k in range(3):
+        assert float(g_sample[k].norm()) > 1e-6  # per-sample draws: pure (t, eps) noise remains
+        assert float(g_group[k].norm()) <= 1e-10 * float(g_sample[k].norm())

@@ -12,6 +12,7 @@ from marble import RewardOutput, RewardSpec, hookimpl
 from marble.checkpoint import list_checkpoints
 from marble.cli import main
 from marble.config import load_config
+from marble.errors import ConfigError
 from marble.testing import marble_plugin  # noqa: F401
 from marble.trainer import Trainer
 
@@ -298,3 +299,58 @@ def test_eval_images_per_prompt_scores_every_image(plugin, tmp_path):
     one = Trainer(load_config(None, data=config(tmp_path, "evalone", iterations=1, eval_prompts_count=2)))
     one.evaluate(0)
     assert grid.size == Image.open(os.path.join(tmp_path, "evalone", "images", "eval-000000.png")).size
+
+
+def _loss_noise_batches(tmp_path, loss_noise, **train):
+    data = config(tmp_path, f"ln-{loss_noise}", iterations=1, eval_every=0, save_every=0,
+                  prompts_per_iteration=4, group_size=3, micro_batch=5, optimizer_steps=2, **train)
+    data["train"]["loss_noise"] = loss_noise
+    trainer = Trainer(load_config(None, data=data))
+    seen = []
+    step = trainer.optimizer_step
+
+    def record(batch):
+        seen.append(batch)
+        return step(batch)
+
+    trainer.optimizer_step = record
+    latents, cond, timesteps, groups, scores, masks, samples = trainer.rollout(0)
+    trainer.rollout = lambda it: (latents, cond, timesteps, groups, scores, masks, samples)
+    trainer.train_iteration(0)
+    return seen, latents, groups
+
+
+def test_loss_noise_group_shares_draws_and_keeps_groups_in_one_step(plugin, tmp_path):
+    seen, latents, groups = _loss_noise_batches(tmp_path, "group")
+    assert len(seen) == 2
+    covered = []
+    for b in seen:
+        ids = b.sample_ids.tolist()
+        # sample_ids are the group ids: every sample of a group trains on the same eps and timesteps
+        for g in set(ids):
+            rows = [i for i, x in enumerate(ids) if x == g]
+            assert len(rows) == 3  # the whole group is in this optimizer step
+            assert all(torch.equal(b.t_index[rows[0]], b.t_index[i]) for i in rows)
+        covered += ids
+    assert sorted(covered) == sorted(groups.tolist())
+    eps = [Trainer._noise(seen[0], torch.arange(len(seen[0].sample_ids)), 0, torch.Generator(), seen[0].latents)]
+    ids = seen[0].sample_ids.tolist()
+    for i in range(len(ids)):
+        for j in range(len(ids)):
+            assert torch.equal(eps[0][i], eps[0][j]) == (ids[i] == ids[j])
+
+
+def test_loss_noise_sample_draws_per_sample(plugin, tmp_path):
+    seen, _, groups = _loss_noise_batches(tmp_path, "sample")
+    ids = torch.cat([b.sample_ids for b in seen])
+    assert sorted(ids.tolist()) == list(range(len(groups)))  # one draw per sample, as before
+
+
+def test_loss_noise_config_errors_name_the_key(tmp_path):
+    data = config(tmp_path, "bad")
+    data["train"]["loss_noise"] = "prompt"
+    with pytest.raises(ConfigError, match="train.loss_noise"):
+        load_config(None, data=data)
+    data["train"].update(loss_noise="group", prompts_per_iteration=2, optimizer_steps=3)
+    with pytest.raises(ConfigError, match="train.optimizer_steps"):
+        load_config(None, data=data)
