@@ -112,11 +112,26 @@ class Marble(Balancer):
         else:  # every reward constant over the batch: nothing to follow
             alpha = [1.0 / self.k] * self.k
             s = 0.0
-        if self.ema in ("gram", "gradient"):  # the average already smooths: the QP's answer is the coefficient
-            self.alpha_bar = list(alpha)
-        else:  # Eq. 12: EMA of the coefficients (over the rewards that had a gradient).
-            self.alpha_bar = [self.rho * b + (1 - self.rho) * a for b, a in zip(self.alpha_bar, alpha)]
-        self.norms, self.mean_norm = list(scale), s
+        # A reward with no gradient at this refresh (no valid sample in the step: a mask, or no
+        # advantage signal) was not observed: if an earlier refresh saw it, it keeps its cached norm
+        # and coefficient until a refresh sees it again, and the rewards seen now share the rest of
+        # the simplex. (Zeroing it would drop it from the amortized steps, where it may have samples.)
+        carried = [i for i in range(self.k) if i not in active and self.norms[i] > 0]
+        if active:
+            mass = 1.0 - sum(self.alpha_bar[i] for i in carried)
+            target = [a * mass for a in alpha]
+            for i in carried:
+                target[i] = self.alpha_bar[i]
+            if self.ema in ("gram", "gradient"):  # the average already smooths: the QP's answer is the coefficient
+                self.alpha_bar = target
+            else:  # Eq. 12: EMA of the coefficients
+                self.alpha_bar = [self.rho * b + (1 - self.rho) * a for b, a in zip(self.alpha_bar, target)]
+        scale = list(scale)
+        for i in carried:
+            scale[i] = self.norms[i]
+        known = [n for n in scale if n > 0]
+        self.norms = scale
+        self.mean_norm = sum(known) / len(known) if known else 0.0  # s of the amortized weights
         applied = self._refresh_alpha(alpha, step)
         # Eq. 7: d = (sum_k alpha_k u_k) * mean_k ||g_k||, u_k = g_k / ||g_k|| (ema="gradient": / ||m_k||).
         u = torch.zeros_like(g)

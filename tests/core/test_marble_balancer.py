@@ -166,3 +166,47 @@ def test_gradient_ema_reduces_the_bias_against_a_noisy_reward(noise):
         share[ema] = total[1] / total[0]  # b's progress relative to a's, in expectation 1 if unbiased
     assert share["alpha"] < 0.5  # the bias this option addresses
     assert share["gradient"] > 1.5 * share["alpha"]
+
+
+@pytest.mark.parametrize("ema", ["alpha", "gram", "gradient"])
+def test_a_reward_absent_from_a_refresh_keeps_its_coefficient_and_norm(ema):
+    """A reward with no valid sample in a refresh step (its gradient is exactly zero) was not
+    observed: it keeps the coefficient and norm of the refresh that last saw it, the observed
+    rewards share the rest of the simplex, and its amortized weight stays abar_k * s / ||g_k||."""
+    b = _balancer(rho=0.7, ema=ema)
+    g0 = _grads(0)
+    b.combine(g0, step=0)
+    abar0, norms0 = list(b.alpha_bar), list(b.norms)
+    assert min(abar0) > 0
+    g1 = _grads(1)
+    g1[1] = 0.0  # reward b: no sample in this step
+    direction, diag = b.combine(g1, step=1)
+    assert diag["alpha/b"] == 0.0
+    assert diag["alpha/a"] + diag["alpha/c"] == pytest.approx(1.0, abs=1e-9)
+    if ema == "alpha":  # the QP ran on a and c only, and the refresh step follows them (Eq. 7)
+        gn = g1.numpy()[[0, 2]]
+        a_ref = _min_norm_reference(_unit_gram(gn))
+        np.testing.assert_allclose([diag["alpha/a"], diag["alpha/c"]], a_ref, atol=2e-4)
+        nrm = np.linalg.norm(gn, axis=1)
+        a = np.array([diag["alpha/a"], diag["alpha/c"]])
+        np.testing.assert_allclose(direction.numpy(), (a @ (gn / nrm[:, None])) * nrm.mean(), rtol=1e-9, atol=1e-12)
+    # b keeps its coefficient and its cached norm; the simplex still sums to one
+    assert b.alpha_bar[1] == abar0[1]
+    assert b.norms[1] == norms0[1]
+    assert sum(b.alpha_bar) == pytest.approx(1.0, abs=1e-12)
+    mass = 1 - abar0[1]
+    fresh = np.array([diag["alpha/a"], diag["alpha/c"]]) * mass
+    expect = fresh if ema != "alpha" else 0.7 * np.array([abar0[0], abar0[2]]) + 0.3 * fresh
+    np.testing.assert_allclose([b.alpha_bar[0], b.alpha_bar[2]], expect, rtol=1e-12)
+    w = b.mix_weights(step=2)
+    assert w[1] == pytest.approx(b.alpha_bar[1] * b.mean_norm / norms0[1], rel=1e-12)
+    assert b.mean_norm == pytest.approx(np.mean(b.norms), rel=1e-12)
+
+
+def test_a_refresh_without_any_gradient_changes_nothing():
+    b = _balancer(rho=0.7)
+    b.combine(_grads(0), step=0)
+    before = (list(b.alpha_bar), list(b.norms), b.mean_norm)
+    direction, _ = b.combine(torch.zeros(3, 40, dtype=torch.float64), step=1)
+    assert float(direction.abs().max()) == 0.0
+    assert (list(b.alpha_bar), list(b.norms), b.mean_norm) == before
