@@ -232,3 +232,18 @@ def test_cli_num_processes_with_an_installed_reward(tmp_path, capfd):
     assert code == 0, capfd.readouterr().err[-3000:]
     assert [os.path.basename(p) for p in list_checkpoints(str(out))] == ["checkpoint-000001"]
     assert len(metrics(str(out))) == 1
+
+
+def test_group_loss_noise_two_processes_equal_one(plugin, tmp_path):
+    """train.loss_noise=group under data parallelism: a group's shared draw comes from its global
+    group id and whole groups go to one optimizer step, so 2 processes (group 2 straddles the
+    ranks) train the same adapters as 1."""
+    data = config(str(tmp_path / "run2"), iterations=2, eval_every=0, loss_noise="group")
+    code, _ = run2(write_config(tmp_path / "c.yaml", data))
+    assert code == 0
+    one = load_config(None, data=config(str(tmp_path / "run1"), iterations=2, eval_every=0, loss_noise="group"))
+    Trainer(one).train()
+    s1, s2 = state(one.output_dir), state(str(tmp_path / "run2"))
+    assert max_diff(s1["trained"], s2["trained"]) < TOL and max_diff(s1["old"], s2["old"]) < TOL
+    base = Trainer(load_config(None, data=config(str(tmp_path / "x")))).backbone.adapter_state("trained")
+    assert any(not torch.equal(s1["trained"][k], base[k]) for k in s1["trained"]), "nothing trained"
