@@ -82,8 +82,8 @@ class TrainConfig:
     adv_std: str = "global"  # global | group
     # The (t, eps) each sample trains on (ALGORITHM.md 1.5): "sample" draws them per sample (the
     # papers); "group" shares one draw across a prompt's group (common random numbers: within a
-    # group the advantages sum to zero, so the part of the gradient that depends on (t, eps) alone
-    # cancels, and the per-reward gradients are far less noisy at small batches).
+    # group the advantages sum to zero, so the part of the gradient that the draw gives all the
+    # group's images alike cancels; benchmarks/gradient_noise.py measures the effect).
     loss_noise: str = "sample"  # sample | group
     old_update: OldUpdateConfig = field(default_factory=OldUpdateConfig)
     stages: List[StageConfig] = field(default_factory=list)
