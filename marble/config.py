@@ -277,6 +277,9 @@ def _check(cfg: RunConfig, config_dir: str | None) -> None:
     for name in positive:
         if getattr(t, name) < 1:
             raise ConfigError(f"bad value {getattr(t, name)!r}: must be >= 1", key=f"train.{name}")
+    if t.optimizer_steps > t.prompts_per_iteration * t.group_size:
+        raise ConfigError(f"bad value {t.optimizer_steps!r}: more optimizer steps than samples per iteration "
+                          f"({t.prompts_per_iteration} x {t.group_size})", key="train.optimizer_steps")
     if t.loss_noise == "group" and t.optimizer_steps > t.prompts_per_iteration:
         raise ConfigError(f"train.loss_noise=group keeps each prompt group in one optimizer step, so "
                           f"train.optimizer_steps ({t.optimizer_steps}) must be <= train.prompts_per_iteration "

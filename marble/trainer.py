@@ -594,10 +594,11 @@ class Trainer:
         else:
             t_index, noise_ids = torch.stack([torch.randperm(S, generator=gen)[:T] for _ in range(N)]), torch.arange(N)
         order = torch.randperm(N, generator=gen)
-        chunks = order.chunk(t.optimizer_steps)
+        # exactly train.optimizer_steps parts (Tensor.chunk may return fewer)
+        chunks = order.tensor_split(t.optimizer_steps)
         if t.loss_noise == "group":  # keep each group in one optimizer step, so its shared draw cancels there
             chunks = [torch.cat([torch.nonzero(groups == g)[:, 0] for g in part.tolist()])
-                      for part in torch.randperm(int(groups.max()) + 1, generator=gen).chunk(t.optimizer_steps)]
+                      for part in torch.randperm(int(groups.max()) + 1, generator=gen).tensor_split(t.optimizer_steps)]
         losses = torch.zeros(r.shape[1], dtype=torch.float64)
         kl = 0.0
         for c, chunk in enumerate(chunks):

@@ -354,3 +354,32 @@ def test_loss_noise_config_errors_name_the_key(tmp_path):
     data["train"].update(loss_noise="group", prompts_per_iteration=2, optimizer_steps=3)
     with pytest.raises(ConfigError, match="train.optimizer_steps"):
         load_config(None, data=data)
+
+
+@pytest.mark.parametrize("loss_noise,prompts", [("sample", 3), ("group", 5)])
+def test_every_iteration_takes_exactly_optimizer_steps(plugin, tmp_path, loss_noise, prompts):
+    """6 samples (or 5 groups) in 4 optimizer steps do not split into equal chunks, and
+    Tensor.chunk would make 3: every sample is trained once, in exactly 4 steps."""
+    data = config(tmp_path, f"steps-{loss_noise}", iterations=1, eval_every=0, save_every=0,
+                  prompts_per_iteration=prompts, group_size=2, micro_batch=4, optimizer_steps=4)
+    data["prompts"] = [{"texts": ["a bright red apple", "a dark red rose", "a bright sunny field", "a red car",
+                                  "a bright red kite"]}]
+    data["train"]["loss_noise"] = loss_noise
+    trainer = Trainer(load_config(None, data=data))
+    sizes = []
+    step = trainer.optimizer_step
+
+    def record(batch):
+        sizes.append(len(batch.sample_ids))
+        return step(batch)
+
+    trainer.optimizer_step = record
+    trainer.train_iteration(0)
+    assert len(sizes) == 4 and trainer.step == 4
+    assert sum(sizes) == 2 * prompts and min(sizes) >= 1
+
+
+def test_more_optimizer_steps_than_samples_names_the_key(tmp_path):
+    data = config(tmp_path, "too-many", prompts_per_iteration=2, group_size=2, optimizer_steps=5)
+    with pytest.raises(ConfigError, match="train.optimizer_steps"):
+        load_config(None, data=data)
