@@ -208,7 +208,7 @@ def test_shared_draw_cancels_an_identical_group_exactly(plugin, tmp_path, sd3_me
     n = latents.shape[0]
     group = TrainBatch(latents, cond, r, valid, shared.repeat(n, 1), ts, noise_seed=7,
                        sample_ids=torch.zeros(n, dtype=torch.long))
-    per_sample = TrainBatch(latents, cond, r, valid, torch.stack([torch.randperm(4)[:2] for _ in range(n)]), ts,
+    per_sample = TrainBatch(latents, cond, r, valid, torch.stack([torch.randperm(4, generator=torch.Generator().manual_seed(i))[:2] for i in range(n)]), ts,
                             noise_seed=7, sample_ids=torch.arange(n))
     g_group, _, _ = trainer.gradients(group, None)
     g_sample, _, _ = trainer.gradients(per_sample, None)
