@@ -17,5 +17,6 @@ out="${MARBLE_DEMO_OUT:-runs/demo-$(date +%Y%m%d-%H%M%S)}"
   --labels "weighted sum" "MARBLE" --out "$out/report"
 echo
 echo "report: $out/report (summary.md, rewards.png, alpha.png, diagnostics.png, before/after grids)"
-echo "One seed. Over six seeds the two balancers tie on the worst reward (README, Status); for intervals:"
+echo "One seed. Over six seeds the two balancers tie on the worst reward; longer, MARBLE does worse (README, Status)."
+echo "For intervals:"
 echo "  .venv/bin/marble compare configs/world_marble.yaml --balancers weighted_sum,marble --seeds 0,1,2 --jobs 2"
