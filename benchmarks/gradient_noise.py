@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import shutil
 import sys
 import tempfile
 
@@ -35,7 +36,14 @@ def main(argv=None) -> int:
     from marble.config import load_config
     from marble.trainer import TrainBatch, Trainer
 
-    out = tempfile.mkdtemp(prefix="marble-gradnoise-")
+    out = tempfile.mkdtemp(prefix="marble-gradnoise-")  # the trainer wants a run folder; nothing is kept
+    try:
+        return _measure(args, load_config, TrainBatch, Trainer, out)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def _measure(args, load_config, TrainBatch, Trainer, out) -> int:
     cfg = load_config(args.config, list(args.overrides) + [f"output_dir={os.path.join(out, 'run')}",
                                                           "train.progress=false", "train.tensorboard=false"])
     tr = Trainer(cfg)
