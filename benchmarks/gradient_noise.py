@@ -33,17 +33,17 @@ def main(argv=None) -> int:
         ap.error("--draws must be >= 2")
     if args.threads:
         torch.set_num_threads(args.threads)
-    from marble.config import load_config
-    from marble.trainer import TrainBatch, Trainer
-
     out = tempfile.mkdtemp(prefix="marble-gradnoise-")  # the trainer wants a run folder; nothing is kept
     try:
-        return _measure(args, load_config, TrainBatch, Trainer, out)
+        return _measure(args, out)
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
 
-def _measure(args, load_config, TrainBatch, Trainer, out) -> int:
+def _measure(args, out) -> int:
+    from marble.config import load_config
+    from marble.trainer import TrainBatch, Trainer, draw_loss_noise
+
     cfg = load_config(args.config, list(args.overrides) + [f"output_dir={os.path.join(out, 'run')}",
                                                           "train.progress=false", "train.tensorboard=false"])
     tr = Trainer(cfg)
@@ -59,13 +59,7 @@ def _measure(args, load_config, TrainBatch, Trainer, out) -> int:
     for mode in ("sample", "group"):
         grads = []
         for d in range(args.draws):
-            gen = torch.Generator().manual_seed(1000 + d)
-            if mode == "group":
-                per_group = torch.stack([torch.randperm(s, generator=gen)[:t] for _ in range(n_groups)])
-                t_index, ids = per_group[groups], groups
-            else:
-                t_index = torch.stack([torch.randperm(s, generator=gen)[:t] for _ in range(n)])
-                ids = torch.arange(n)
+            t_index, ids = draw_loss_noise(mode, groups, s, t, torch.Generator().manual_seed(1000 + d))
             batch = TrainBatch(latents, cond, r, valid, t_index, timesteps, noise_seed=1000 + d, sample_ids=ids)
             g, _, _ = tr.gradients(batch, None)
             grads.append(g.double().cpu())

@@ -69,6 +69,18 @@ def flat(tensors: list[torch.Tensor | None], like: list[torch.Tensor]) -> torch.
     return torch.cat([(t if t is not None else torch.zeros_like(p)).reshape(-1) for t, p in zip(tensors, like)])
 
 
+def draw_loss_noise(mode: str, groups: torch.Tensor, S: int, T: int,
+                    gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """ALGORITHM.md 1.5: each sample's T training timesteps (indices into the sampler's S, shuffled)
+    and the id its eps is seeded by (TrainBatch.sample_ids). train.loss_noise "sample": one draw
+    per sample; "group": one draw per prompt group, shared by its images (common random numbers)."""
+    if mode == "group":
+        per_group = torch.stack([torch.randperm(S, generator=gen)[:T] for _ in range(int(groups.max()) + 1)])
+        return per_group[groups], groups
+    n = groups.shape[0]
+    return torch.stack([torch.randperm(S, generator=gen)[:T] for _ in range(n)]), torch.arange(n)
+
+
 def old_update_eta(step: int, rate: float, maximum: float, delay: int = 0) -> float:
     """ALGORITHM.md 1.8: eta = min(rate * (step - delay), max), 0 before ``delay``."""
     return min(rate * max(step - delay, 0), maximum)
@@ -588,17 +600,15 @@ class Trainer:
         S = timesteps.shape[0]
         T = t.timesteps_per_sample or S
         gen = torch.Generator().manual_seed(t.seed * 104729 + it)
-        if t.loss_noise == "group":  # one (t, eps) draw per prompt group, shared by its images
-            per_group = torch.stack([torch.randperm(S, generator=gen)[:T] for _ in range(int(groups.max()) + 1)])
-            t_index, noise_ids = per_group[groups], groups
-        else:
-            t_index, noise_ids = torch.stack([torch.randperm(S, generator=gen)[:T] for _ in range(N)]), torch.arange(N)
+        t_index, noise_ids = draw_loss_noise(t.loss_noise, groups, S, T, gen)
+        # The optimizer steps' samples: exactly train.optimizer_steps parts (Tensor.chunk may make
+        # fewer). The sample order is drawn in both modes, so each mode's random stream stays fixed.
         order = torch.randperm(N, generator=gen)
-        # exactly train.optimizer_steps parts (Tensor.chunk may return fewer)
-        chunks = order.tensor_split(t.optimizer_steps)
         if t.loss_noise == "group":  # keep each group in one optimizer step, so its shared draw cancels there
-            chunks = [torch.cat([torch.nonzero(groups == g)[:, 0] for g in part.tolist()])
-                      for part in torch.randperm(int(groups.max()) + 1, generator=gen).tensor_split(t.optimizer_steps)]
+            parts = torch.randperm(int(groups.max()) + 1, generator=gen).tensor_split(t.optimizer_steps)
+            chunks = [torch.cat([torch.nonzero(groups == g)[:, 0] for g in part.tolist()]) for part in parts]
+        else:
+            chunks = order.tensor_split(t.optimizer_steps)
         losses = torch.zeros(r.shape[1], dtype=torch.float64)
         kl = 0.0
         for c, chunk in enumerate(chunks):

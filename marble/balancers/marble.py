@@ -149,9 +149,9 @@ class Marble(Balancer):
         """ema="gradient": m_k = rho m_k + (1 - rho) g_k for the rewards active now (first time: g_k).
 
         Why: a refresh's g_k is signal plus batch noise, and ||g_k|| counts both. Dividing by it
-        shrinks the expected step of a noisy reward (prompt-specific ones, such as colour) next to
-        a consistent one (a global image statistic), so in expectation the QP's "equal progress"
-        favours the consistent reward. In m_k the noise averages out, so ||m_k|| tracks the signal.
+        shrinks the expected step of a noisier reward next to a less noisy one, so in expectation
+        the QP's "equal progress" favours the less noisy reward. In m_k the noise averages out, so
+        ||m_k|| tracks the signal.
         The QP runs on the m_k; the step applies this refresh's g_k divided by ||m_k||, and the
         amortized weights are abar_k * s / ||m_k|| (Proposition 1 holds as before)."""
         if self.grad_bar is None or self.grad_bar.shape != g.shape:
